@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax import masks, pruning
+from lth_jax.errors import LthError
+
+
+def make_params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "dense_0": {"kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+                    "bias": jnp.asarray(rng.normal(size=5), jnp.float32)},
+        "dense_1": {"kernel": jnp.asarray(rng.normal(size=(5, 4)) * 3, jnp.float32),
+                    "bias": jnp.zeros(4)},
+        "output": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.zeros(3)},
+    }
+
+
+def test_names_prunable_and_density():
+    params = make_params()
+    assert list(masks.named_leaves(params)) == [
+        "dense_0/bias", "dense_0/kernel", "dense_1/bias", "dense_1/kernel", "output/bias", "output/kernel"]
+    which = masks.prunable(params)
+    assert which["dense_0"]["kernel"] and not which["dense_0"]["bias"]
+    which = masks.prunable(params, exclude=["output/kernel"])
+    assert not which["output"]["kernel"]
+    mask = masks.ones_like(params)
+    assert masks.density(mask) == 1.0
+    mask["dense_0"]["kernel"] = mask["dense_0"]["kernel"].at[0].set(False)  # 5 of 62 kernel weights
+    assert masks.density(mask) == pytest.approx(57 / 62)
+    assert masks.count(mask) == (57 + 12, 62 + 12)
+    d = masks.densities(mask)
+    assert d["per_leaf"]["dense_0/kernel"] == pytest.approx(25 / 30)
+    assert d["all"] == pytest.approx(69 / 74)
+
+
+def test_apply_zeroes_exactly():
+    params = make_params()
+    mask = pruning.magnitude(params, masks.ones_like(params), 0.5)
+    pruned = masks.apply(params, mask)
+    for p, m in zip(jax.tree_util.tree_leaves(pruned), jax.tree_util.tree_leaves(mask)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+
+
+def test_global_magnitude_removes_smallest_across_layers():
+    params = make_params()
+    mask = pruning.magnitude(params, masks.ones_like(params), 0.2, scope="global")
+    kernels = np.concatenate([np.abs(np.ravel(params[k]["kernel"])) for k in ("dense_0", "dense_1", "output")])
+    kept = np.concatenate([np.ravel(mask[k]["kernel"]) for k in ("dense_0", "dense_1", "output")])
+    n_remove = int(np.floor(0.2 * 62 + 0.5))
+    assert (~kept).sum() == n_remove
+    assert kernels[~kept].max() <= kernels[kept].min()
+    # dense_1 weights are 3x larger, so it loses fewer than its share
+    assert np.mean(mask["dense_1"]["kernel"]) > np.mean(mask["dense_0"]["kernel"])
+    assert np.all(mask["dense_0"]["bias"])
+
+
+def test_layerwise_with_override_and_nesting():
+    params = make_params()
+    mask = masks.ones_like(params)
+    overrides = {"output/kernel": 0.1}
+    counts = {"dense_0/kernel": 30, "dense_1/kernel": 20, "output/kernel": 12}
+    for level in range(1, 6):
+        new = pruning.magnitude(params, mask, 0.2, scope="layerwise", layer_fractions=overrides)
+        for old_leaf, new_leaf in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(new)):
+            assert not np.any(np.asarray(new_leaf) & ~np.asarray(old_leaf)), "a pruned weight came back"
+        for name, leaf in masks.named_leaves(new).items():
+            if name in counts:
+                f = overrides.get(name, 0.2)
+                counts[name] -= int(np.floor(f * counts[name] + 0.5))
+                assert int(np.sum(leaf)) == counts[name], (level, name)
+        mask = new
+
+
+def test_ties_remove_first_in_order():
+    params = {"a": {"kernel": jnp.ones((2, 5))}}
+    mask = pruning.magnitude(params, masks.ones_like(params), 0.3)
+    assert np.asarray(mask["a"]["kernel"]).ravel().tolist() == [False] * 3 + [True] * 7
+
+
+def test_magnitude_is_jittable():
+    params = make_params()
+    f = jax.jit(lambda p, m, frac: pruning.magnitude(p, m, frac))
+    np.testing.assert_array_equal(f(params, masks.ones_like(params), 0.2)["dense_0"]["kernel"],
+                                  pruning.magnitude(params, masks.ones_like(params), 0.2)["dense_0"]["kernel"])
+
+
+def test_random_and_random_like():
+    params = make_params()
+    mask = pruning.magnitude(params, masks.ones_like(params), 0.5, scope="global")
+    rand = pruning.random(jax.random.key(0), mask, 0.5)
+    assert int(np.sum(rand["dense_0"]["kernel"])) == int(np.sum(mask["dense_0"]["kernel"])) - int(
+        np.floor(0.5 * np.sum(mask["dense_0"]["kernel"]) + 0.5))
+    assert not np.any(np.asarray(rand["dense_0"]["kernel"]) & ~np.asarray(mask["dense_0"]["kernel"]))
+    like = pruning.random_like(jax.random.key(1), mask)
+    for name, leaf in masks.named_leaves(like).items():
+        assert int(np.sum(leaf)) == int(np.sum(masks.named_leaves(mask)[name])), name
+    assert not np.array_equal(like["dense_0"]["kernel"], mask["dense_0"]["kernel"])
+
+
+def test_bad_fractions_and_names():
+    params = make_params()
+    with pytest.raises(LthError, match=r"\[0, 1\)"):
+        pruning.magnitude(params, masks.ones_like(params), 1.0)
+    with pytest.raises(LthError, match="not a parameter"):
+        pruning.magnitude(params, masks.ones_like(params), 0.2, layer_fractions={"nope/kernel": 0.1})
+    with pytest.raises(LthError, match="scope"):
+        pruning.magnitude(params, masks.ones_like(params), 0.2, scope="local")
+
+
+def test_units_to_weights_mlp_and_conv_flatten():
+    params = make_params()
+    keep = np.array([True, False, True, True, False])
+    mask = pruning.units_to_weights(params, {"dense_0": keep})
+    np.testing.assert_array_equal(np.asarray(mask["dense_0"]["kernel"]), np.tile(keep, (6, 1)))
+    np.testing.assert_array_equal(np.asarray(mask["dense_0"]["bias"]), keep)
+    np.testing.assert_array_equal(np.asarray(mask["dense_1"]["kernel"]), np.tile(keep[:, None], (1, 4)))
+    conv = {"conv_0": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)},
+            "dense_0": {"kernel": jnp.ones((2 * 2 * 2, 3))}}
+    m = pruning.units_to_weights(conv, {"conv_0": np.array([False, True])})
+    assert not np.any(m["conv_0"]["kernel"][..., 0]) and np.all(m["conv_0"]["kernel"][..., 1])
+    rows = np.asarray(m["dense_0"]["kernel"])[:, 0]
+    assert rows.tolist() == [False, True] * 4  # NHWC flatten: channel is the fastest axis
+
+
+def test_mask_save_load_roundtrip(tmp_path):
+    params = make_params()
+    mask = pruning.magnitude(params, masks.ones_like(params), 0.3)
+    path = str(tmp_path / "mask.npz")
+    masks.save(path, mask)
+    with np.load(path) as f:
+        assert "dense_0/kernel" in f.files and f["dense_0/kernel"].dtype == bool
+    back = masks.load(path, params)
+    for a, b in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(a, b)
+    other = {"x": {"kernel": jnp.ones((2, 2))}}
+    with pytest.raises(LthError, match="does not match the model"):
+        masks.load(path, other)
