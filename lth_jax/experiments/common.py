@@ -1,0 +1,96 @@
+"""Config -> plain objects. The only place (with the experiment modules) that
+reads a config; everything it builds is plain and callable from a notebook."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import models, optim, parallel
+from lth_jax.data.augment import crop_flip
+from lth_jax.errors import check
+from lth_jax.loop import Loop
+from lth_jax.train import Trainer, create_state, init_variables
+
+
+def load_data(cfg, seed: int):
+    d = cfg.data
+    source_kw = {k: v for k, v in d.get("source", {}).items()}
+    return data_lib.load(d.name, data_dir=d.get("data_dir") or None, validation_size=d.validation_size,
+                         seed=seed, **source_kw)
+
+
+def build_model(cfg, num_classes: int):
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model.items() if k != "name"}
+    return models.get(cfg.model.name, num_classes=num_classes, **kw)
+
+
+def build_optimizer(cfg, total_steps: int):
+    o = cfg.optimizer
+    lr = optim.schedule(o.schedule, o.learning_rate, total_steps, warmup_steps=o.warmup_steps,
+                        boundaries=tuple(o.boundaries), decay=o.decay)
+    return optim.optimizer(o.name, lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def check_train(cfg) -> None:
+    t = cfg.train
+    check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a training run needs, built once from a config."""
+    dataset: Any
+    model: Any
+    tx: Any
+    trainer: Trainer
+    loop: Loop
+    dp: Any  # parallel.DataParallel or None
+
+    def init(self, key, mask=None):
+        """A fresh TrainState from `key` (and an optional mask), placed on the devices."""
+        variables = init_variables(self.model, key, self.dataset.input_shape)
+        state = create_state(variables["params"], variables.get("batch_stats", {}), self.tx, mask)
+        return self.dp.put(state) if self.dp else state
+
+
+def build(cfg, members: bool = False) -> Setup:
+    check_train(cfg)
+    parallel.initialize_distributed(cfg.parallel.distributed)
+    dataset = load_data(cfg, cfg.seed)
+    model = build_model(cfg, dataset.num_classes)
+    tx = build_optimizer(cfg, cfg.train.steps)
+    dp = None
+    if cfg.parallel.data_parallel and jax.device_count() > 1:
+        dp = parallel.DataParallel(parallel.data_mesh())
+        dp.check_batch(cfg.train.batch_size, "train.batch_size")
+        dp.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
+    augment = crop_flip if dataset.augment == "crop_flip" else None
+    trainer = Trainer(model, tx, augment=augment, batch_sharding=dp.batch if dp else None, members=members)
+    eval_sets = {"test": (dataset.x_test, dataset.y_test)}
+    if dataset.x_val is not None:
+        eval_sets["val"] = (dataset.x_val, dataset.y_val)
+    loop = Loop(trainer, dataset.x_train, dataset.y_train, eval_sets, batch_size=cfg.train.batch_size,
+                seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
+                put=dp.put if dp else None)
+    return Setup(dataset, model, tx, trainer, loop, dp)
+
+
+def load_mask(path: str, params):
+    return masks_lib.load(path, params) if path else None
+
+
+def seed_keys(seed: int) -> dict:
+    """Named keys derived from config.seed, the only source of randomness."""
+    root = jax.random.key(seed)
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("init", "augment", "prune", "control"))}
+
+
+def scalar(x) -> float:
+    return float(np.mean(np.asarray(x)))

@@ -1,0 +1,110 @@
+"""The training loop: compiled chunks of steps, periodic evaluation, early-stop
+tracking, divergence detection and a progress bar."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from lth_jax.errors import LthError, check
+from lth_jax.train import Trainer, TrainState, batch_indices, pad_batches
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; `step` is the last good step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training diverged (non-finite loss) after step {step}")
+        self.step = step
+
+
+class Loop:
+    """Runs a Trainer over a training set, evaluating every `eval_every` steps.
+
+    eval_sets: {"val": (x, y), "test": (x, y)}; each is evaluated on the
+    device in padded batches of `eval_batch_size`.
+    device_data: keep the training set on the device and gather batches
+    inside the compiled loop (fast when it fits); False gathers on the host.
+    """
+
+    def __init__(self, trainer: Trainer, x_train, y_train, eval_sets: dict, *, batch_size: int,
+                 seed: int, eval_batch_size: int = 1000, device_data: bool = True, put: Callable = None):
+        n = len(x_train)
+        check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+        check(batch_size <= n, f"batch_size {batch_size} is larger than the training set ({n} examples); "
+                               "lower the batch size or use more data")
+        self.trainer, self.batch_size, self.seed = trainer, batch_size, seed
+        self.n_train = n
+        put = put or jnp.asarray
+        self.device_data = device_data
+        self.x_host, self.y_host = x_train, y_train
+        if device_data:
+            self.x_dev, self.y_dev = put(x_train), put(np.asarray(y_train, np.int32))
+        self.eval_sets = {name: tuple(put(a) for a in pad_batches(x, np.asarray(y, np.int32), eval_batch_size))
+                          + (len(x),) for name, (x, y) in eval_sets.items()}
+        self._scan = jax.jit(trainer.scan_steps, donate_argnums=0)
+        self._scan_host = jax.jit(trainer.scan_batches, donate_argnums=0)
+        self._eval = jax.jit(trainer.evaluate_padded)
+
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+    def run_chunk(self, state: TrainState, stop: int, key):
+        start = int(np.asarray(state.step).reshape(-1)[0])
+        index = batch_indices(self.seed, self.n_train, self.batch_size, start, stop)
+        if self.device_data:
+            return self._scan(state, self.x_dev, self.y_dev, jnp.asarray(index), key)
+        return self._scan_host(state, jnp.asarray(self.x_host[index]), jnp.asarray(self.y_host[index]), key)
+
+    def evaluate(self, state: TrainState) -> dict:
+        out = {}
+        for name, (xs, ys, ws, n) in self.eval_sets.items():
+            loss, correct = self._eval(state.params, state.batch_stats, xs, ys, ws)
+            out[f"{name}_loss"] = np.asarray(loss) / n
+            out[f"{name}_accuracy"] = np.asarray(correct) / n
+        return out
+
+    def run(self, state: TrainState, stop: int, eval_every: int, key, *, on_eval: Callable = None,
+            progress: bool | str = True) -> TrainState:
+        """Train up to step `stop`, evaluating at every multiple of `eval_every` and at `stop`.
+
+        on_eval(state, record) is called after each evaluation (log, checkpoint);
+        record = {"step", "train_loss", "train_accuracy", "<set>_loss", ...}, with
+        per-member arrays when the trainer has members.
+        """
+        check(eval_every >= 1, f"eval_every must be >= 1, got {eval_every}")
+        start = int(np.asarray(state.step).reshape(-1)[0])
+        desc = progress if isinstance(progress, str) else "train"
+        bar = tqdm(total=stop, initial=start, desc=desc, disable=not progress, leave=False,
+                   unit="step", dynamic_ncols=True)
+        step = start
+        try:
+            while step < stop:
+                nxt = min(stop, (step // eval_every + 1) * eval_every)
+                state, metrics = self.run_chunk(state, nxt, key)
+                losses = np.asarray(metrics["loss"])
+                if not np.all(np.isfinite(losses)):
+                    raise Diverged(step)
+                record = {"step": nxt, "train_loss": losses.mean(0), "train_accuracy":
+                          np.asarray(metrics["accuracy"]).mean(0), **self.evaluate(state)}
+                bar.update(nxt - step)
+                bar.set_postfix(loss=float(np.mean(record["train_loss"])))
+                step = nxt
+                if on_eval is not None:
+                    on_eval(state, record)
+        finally:
+            bar.close()
+        return state
+
+
+def early_stop(records: list, key: str = "val_loss") -> dict:
+    """The record with the minimum `key` (the early-stopping iteration of the
+    lottery papers); ties go to the earliest."""
+    valid = [r for r in records if key in r and math.isfinite(float(np.mean(r[key])))]
+    if not valid:
+        raise LthError(f"no evaluation recorded {key}; add a validation split (data.validation_size > 0)")
+    return min(valid, key=lambda r: float(np.mean(r[key])))
