@@ -35,3 +35,8 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+    def meta(self, step: int | None = None) -> dict:
+        """Only the JSON metadata of a checkpoint (no arrays read)."""
+        step = self.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -29,15 +29,19 @@ class Loop:
     device in padded batches of `eval_batch_size`.
     device_data: keep the training set on the device and gather batches
     inside the compiled loop (fast when it fits); False gathers on the host.
+    member_seeds: with a members trainer, one data-order seed per member
+    (each an int or tuple); by default all members share the order of `seed`.
     """
 
     def __init__(self, trainer: Trainer, x_train, y_train, eval_sets: dict, *, batch_size: int,
-                 seed: int, eval_batch_size: int = 1000, device_data: bool = True, put: Callable = None):
+                 seed, eval_batch_size: int = 1000, device_data: bool = True, put: Callable = None,
+                 member_seeds: list | None = None):
         n = len(x_train)
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(batch_size <= n, f"batch_size {batch_size} is larger than the training set ({n} examples); "
                                "lower the batch size or use more data")
         self.trainer, self.batch_size, self.seed = trainer, batch_size, seed
+        self.member_seeds = member_seeds
         self.n_train = n
         put = put or jnp.asarray
         self.device_data = device_data
@@ -55,7 +59,11 @@ class Loop:
 
     def run_chunk(self, state: TrainState, stop: int, key):
         start = int(np.asarray(state.step).reshape(-1)[0])
-        index = batch_indices(self.seed, self.n_train, self.batch_size, start, stop)
+        if self.member_seeds is None:
+            index = batch_indices(self.seed, self.n_train, self.batch_size, start, stop)
+        else:
+            index = np.stack([batch_indices(s, self.n_train, self.batch_size, start, stop)
+                              for s in self.member_seeds], axis=1)
         if self.device_data:
             return self._scan(state, self.x_dev, self.y_dev, jnp.asarray(index), key)
         return self._scan_host(state, jnp.asarray(self.x_host[index]), jnp.asarray(self.y_host[index]), key)

@@ -10,8 +10,6 @@ names used by `pruning` overrides and by the ``mask.npz`` files.
 """
 from __future__ import annotations
 
-import io
-import os
 from typing import Callable, Iterable
 
 import jax
@@ -110,33 +108,12 @@ def densities(mask, which=None) -> dict:
 
 
 def save(path: str, mask) -> None:
-    """Write a mask as .npz (keys: '/'-joined parameter paths), atomically."""
-    arrays = {n: np.asarray(m, dtype=bool) for n, m in named_leaves(mask).items()}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    """Write a mask as .npz (keys: '/'-joined parameter paths, boolean arrays), atomically."""
+    from lth_jax import npz
+    npz.save(path, mask, dtype=bool)
 
 
 def load(path: str, like):
     """Read a mask saved by `save` into the structure of `like` (params or a mask)."""
-    if not os.path.exists(path):
-        raise LthError(f"mask file {path} does not exist; give the path of a mask.npz written by lth_jax")
-    with np.load(path) as data:
-        stored = {k: data[k] for k in data.files}
-    wanted = named_leaves(like)
-    missing = sorted(set(wanted) - set(stored))
-    extra = sorted(set(stored) - set(wanted))
-    if missing or extra:
-        raise LthError(f"mask file {path} does not match the model: missing {missing[:5]}, "
-                       f"unexpected {extra[:5]}; was it saved for another model?")
-
-    def pick(name, leaf):
-        if stored[name].shape != np.shape(leaf):
-            raise LthError(f"mask file {path}: {name} has shape {stored[name].shape}, "
-                           f"the model's parameter has {np.shape(leaf)}; was it saved for another model?")
-        return jnp.asarray(stored[name], dtype=bool)
-
-    return map_named(pick, like)
+    from lth_jax import npz
+    return npz.load(path, like, dtype=bool, what="mask file")

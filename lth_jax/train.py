@@ -70,10 +70,14 @@ class Trainer:
     tx: optax.GradientTransformation
     augment: Callable | None = None
     batch_sharding: Any = None
-    members: bool = False  # state has a leading member axis; members share batches
+    members: bool = False  # state has a leading member axis (vmapped ensembles)
 
-    def _step(self):
-        return jax.vmap(self.step, in_axes=(0, None, None, None)) if self.members else self.step
+    def _step(self, per_member: bool = False):
+        """The step, vmapped over members when there are members; batches are
+        shared by all members unless `per_member` (one batch per member)."""
+        if not self.members:
+            return self.step
+        return jax.vmap(self.step, in_axes=(0, 0, 0, None) if per_member else (0, None, None, None))
 
     def _eval(self):
         return jax.vmap(self.eval_batch, in_axes=(0, 0, None, None, None)) if self.members else self.eval_batch
@@ -104,21 +108,27 @@ class Trainer:
         return new, {"loss": loss, "accuracy": acc}
 
     def scan_steps(self, state, x_all, y_all, index, key):
-        """Steps over the rows of `index` (n, batch) into device-resident x_all, y_all."""
+        """Steps over the rows of `index` into device-resident x_all, y_all:
+        (n, batch) shared by all members, or (n, members, batch) one order per member."""
         def body(st, idx):
-            return step(st, self.shard(x_all[idx]), self.shard(y_all[idx]), key)
-        step = self._step()
+            return step(st, self.shard(x_all[idx], per_member), self.shard(y_all[idx], per_member), key)
+        per_member = index.ndim == 3
+        step = self._step(per_member)
         return jax.lax.scan(body, state, index)
 
     def scan_batches(self, state, xs, ys, key):
         """Steps over host-gathered batches xs (n, batch, ...), ys (n, batch)."""
-        step = self._step()
-        return jax.lax.scan(lambda st, b: step(st, self.shard(b[0]), self.shard(b[1]), key), state, (xs, ys))
+        per_member = ys.ndim == 3
+        step = self._step(per_member)
+        return jax.lax.scan(lambda st, b: step(st, self.shard(b[0], per_member), self.shard(b[1], per_member), key),
+                            state, (xs, ys))
 
-    def shard(self, x):
+    def shard(self, x, member_axis: bool = False):
+        """Constrain a batch to the data-parallel sharding (batch axis after any member axis)."""
         if self.batch_sharding is None:
             return x
-        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+        spec = jax.sharding.PartitionSpec(None, "data") if member_axis else jax.sharding.PartitionSpec("data")
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.batch_sharding.mesh, spec))
 
     def eval_batch(self, params, batch_stats, x, y, weight):
         x, y, weight = self.shard(x), self.shard(y), self.shard(weight)
@@ -139,10 +149,11 @@ class Trainer:
         return loss, correct
 
 
-def batch_indices(seed: int, num_examples: int, batch_size: int, start: int, stop: int) -> np.ndarray:
+def batch_indices(seed, num_examples: int, batch_size: int, start: int, stop: int) -> np.ndarray:
     """Example indices of steps [start, stop): (stop - start, batch_size) int32.
 
-    Each epoch is a fresh permutation drawn from (seed, epoch); the last
+    `seed` is an int or a tuple of ints (e.g. (run seed, replicate)). Each
+    epoch is a fresh permutation drawn from (*seed, epoch); the last
     incomplete batch of an epoch is dropped. The order depends only on
     (seed, step), so resuming or rewinding to step k continues the same order.
     """
@@ -152,7 +163,7 @@ def batch_indices(seed: int, num_examples: int, batch_size: int, start: int, sto
     for row, s in enumerate(range(start, stop)):
         epoch, pos = divmod(s, per_epoch)
         if epoch not in cache:
-            cache = {epoch: np.random.default_rng([seed, epoch]).permutation(num_examples)}
+            cache = {epoch: np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(num_examples)}
         out[row] = cache[epoch][pos * batch_size:(pos + 1) * batch_size]
     return out
 
@@ -167,3 +178,15 @@ def pad_batches(x, y, batch_size):
     y = np.concatenate([y, np.zeros(pad, y.dtype)])
     shape = (total // batch_size, batch_size)
     return x.reshape(shape + x.shape[1:]), y.reshape(shape), w.reshape(shape)
+
+
+def at_step(state: TrainState, step: int) -> TrainState:
+    """A fresh state moved to `step` (rewinding): the learning-rate schedule
+    continues from `step`; optimizer moments (momentum, Adam) start from zero."""
+    def move(x):
+        if isinstance(x, optax.ScaleByScheduleState):
+            return x._replace(count=jnp.full_like(x.count, step))
+        return x
+    opt_state = jax.tree_util.tree_map(move, state.opt_state,
+                                       is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+    return state.replace(step=jnp.full_like(state.step, step), opt_state=opt_state)

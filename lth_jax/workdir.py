@@ -78,15 +78,23 @@ class RunDir:
         return False
 
     # metrics.jsonl: one JSON object per logged step
-    def append_metrics(self, record: dict) -> None:
+    def append_metrics(self, record: dict, members: list | None = None) -> None:
+        """Append one record; numbers also go to TensorBoard under record["tag"]/
+        (per-member arrays as tag/member/metric when `members` names them)."""
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(to_json(record)) + "\n")
             f.flush()
-        scalars = {k: v for k, v in record.items() if np.ndim(v) == 0 and k != "step"
-                   and isinstance(to_json(v), (int, float))}
-        tag = record.get("tag", "")
-        for k, v in scalars.items():
-            self.tensorboard().add_scalar(f"{tag}/{k}" if tag else k, float(v), int(record["step"]))
+        prefix = f"{record['tag']}/" if record.get("tag") else ""
+        writer = self.tensorboard()
+        for k, v in record.items():
+            if k in ("step", "tag", "level") or isinstance(v, str):
+                continue
+            arr = np.asarray(v, dtype=np.float64)
+            if arr.ndim == 0:
+                writer.add_scalar(prefix + k, float(arr), int(record["step"]))
+            elif members is not None and arr.shape == (len(members),):
+                for name, x in zip(members, arr):
+                    writer.add_scalar(f"{prefix}{name}/{k}", float(x), int(record["step"]))
 
     def read_metrics(self) -> list:
         path = self.file("metrics.jsonl")

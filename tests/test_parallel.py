@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r"""
 import jax, numpy as np
 assert jax.device_count() == 8, jax.devices()
-from configs import default
+from configs import train_mnist1d as default
 from lth_jax.experiments import common
 losses = {}
 for data_parallel in (False, True):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import default
+from configs import train_mnist1d as default
 from lth_jax.errors import LthError
 from lth_jax.experiments import train as train_exp
 from lth_jax.loop import Loop

@@ -3,7 +3,7 @@ import importlib
 
 from lth_jax.errors import unknown
 
-EXPERIMENTS = ("train",)
+EXPERIMENTS = ("train", "lottery")
 
 
 def get(name: str):

@@ -1,0 +1,259 @@
+"""experiment = "lottery": iterative magnitude pruning (IMP) with rewinding,
+controls trained side by side, and optional instability analysis.
+
+Level 0 trains the dense network (one member per replicate seed). Each level
+L >= 1 prunes `lottery.fraction` of the remaining weights of the previous
+level's trained ticket, rewinds the survivors to step k (`rewind_step`; 0 =
+initialisation) and trains again from step k: the learning-rate schedule and
+the data order continue from k, optimizer moments start from zero.
+
+Controls at each level, trained in the same compiled program as the ticket
+(the members of one vmapped state, sharing each replicate's batches):
+- ``reinit``: the ticket's mask on a fresh random initialisation;
+- ``random_prune``: a random mask with the ticket's per-layer density, on the
+  ticket's own rewind weights.
+
+Files: ``levels/L/result.json`` (per member metrics), ``levels/L/mask.npz``
+(replicate 0's ticket mask; ``mask_r{r}.npz`` for the others),
+``levels/L/ticket_final.npz`` (what level L+1 prunes), ``rewind.npz``,
+``metrics.jsonl`` (records tagged with the level), ``summary.json``,
+``plots/``. A killed run restarted with the same command continues from the
+last completed level and the last checkpoint inside the running level.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lth_jax import ensemble, npz, pruning
+from lth_jax import masks as masks_lib
+from lth_jax.checkpoint import Checkpointer
+from lth_jax.errors import check
+from lth_jax.experiments import common, lottery_report
+from lth_jax.train import at_step, create_state, init_variables
+from lth_jax.workdir import RunDir, read_json, write_json
+
+CONTROLS = ("reinit", "random_prune")
+
+
+def check_config(cfg) -> None:
+    lt = cfg.lottery
+    check(lt.levels >= 0, f"lottery.levels must be >= 0, got {lt.levels}")
+    pruning.check_fraction(lt.fraction, "lottery.fraction", allow_zero=False)
+    check(lt.scope in pruning.SCOPES, f"lottery.scope must be one of {', '.join(pruning.SCOPES)}, got {lt.scope!r}")
+    check(0 <= lt.rewind_step < cfg.train.steps,
+          f"lottery.rewind_step {lt.rewind_step} must be in [0, train.steps = {cfg.train.steps}): the weights "
+          "are rewound to a step of the dense run")
+    check(lt.seeds >= 1, f"lottery.seeds (replicates) must be >= 1, got {lt.seeds}")
+    for c in lt.controls:
+        check(c in CONTROLS, f"unknown lottery control {c!r}; valid: {', '.join(CONTROLS)}")
+    check(cfg.data.validation_size > 0, "the lottery experiment needs a validation split for the early-stopping "
+                                        "iteration: set data.validation_size > 0")
+    for level in lt.instability_levels:
+        check(0 <= level <= lt.levels, f"lottery.instability_levels has {level}, outside [0, levels = {lt.levels}]")
+
+
+class Lottery:
+    def __init__(self, cfg, workdir: str, progress=True):
+        self.cfg, self.lt, self.progress = cfg, cfg.lottery, progress
+        self.setup = common.build(cfg, members=True)
+        self.keys = common.seed_keys(cfg.seed)
+        self.rundir = RunDir(workdir)
+        self.replicates = list(range(self.lt.seeds))
+        self.layer_fractions = dict(self.lt.layer_fractions)
+
+    # ---- members -------------------------------------------------------------------------
+    def init_params(self, key):
+        return init_variables(self.setup.model, key, self.setup.dataset.input_shape)
+
+    def member_state(self, variables, mask, step):
+        state = create_state(variables["params"], variables.get("batch_stats", {}), self.setup.tx, mask)
+        return at_step(state, step)
+
+    def put(self, state):
+        return self.setup.dp.put(state) if self.setup.dp else state
+
+    def data_seed(self, r, copy=None):
+        return (self.cfg.seed, r) if copy is None else (self.cfg.seed, r, copy)
+
+    # ---- files ---------------------------------------------------------------------------
+    def level_dir(self, level):
+        return self.rundir.file("levels", str(level))
+
+    def completed_levels(self):
+        done = 0
+        while done <= self.lt.levels and os.path.exists(os.path.join(self.level_dir(done), "result.json")):
+            done += 1
+        return done
+
+    def load_rewind(self, like):
+        return npz.load(self.rundir.file("rewind.npz"), like, what="rewind point")
+
+    # ---- training ------------------------------------------------------------------------
+    def train(self, level, state, names, member_seeds, stop_first=None, ckpt=None, records=None):
+        """Train the stacked `state` to train.steps; returns (state, records)."""
+        loop = self.setup.loop
+        loop.member_seeds = member_seeds
+        records = [] if records is None else records
+        t = self.cfg.train
+
+        def on_eval(st, record):
+            record = {"level": level, "tag": f"level_{level}", **record}
+            records.append(record)
+            if ckpt is not None:
+                self.rundir.append_metrics(record, names)
+                if record["step"] % t.checkpoint_every == 0 or record["step"] == t.steps:
+                    ckpt.save(record["step"] + level * (t.steps + 1), st, {"level": level, "step": record["step"]})
+
+        desc = f"level {level}" if self.progress else False
+        if stop_first is not None and int(np.asarray(state.step)[0]) < stop_first:
+            state = loop.run(state, stop_first, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
+            self.after_rewind_point(state)
+        state = loop.run(state, t.steps, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
+        return state, records
+
+    def after_rewind_point(self, state):
+        npz.save(self.rundir.file("rewind.npz"), {"params": state.params, "batch_stats": state.batch_stats})
+
+    def level_members(self, level, ticket_final, prev_masks):
+        """Stacked initial state, member names and data seeds of a level."""
+        k = self.lt.rewind_step
+        variables0 = self.init_params(self.keys["init"])
+        if level == 0:
+            states = [self.member_state(self.init_params(jax.random.fold_in(self.keys["init"], r)), None, 0)
+                      for r in self.replicates]
+            return ensemble.stack(states), [f"dense/{r}" for r in self.replicates], \
+                [self.data_seed(r) for r in self.replicates], None
+        rewind = self.load_rewind(ensemble.stack([{"params": variables0["params"],
+                                                   "batch_stats": variables0.get("batch_stats", {})}
+                                                  for _ in self.replicates]))
+        prune = jax.vmap(lambda p, m: pruning.magnitude(p, m, self.lt.fraction, self.lt.scope,
+                                                        self.layer_fractions))
+        masks = prune(ticket_final, prev_masks)
+        states, names, seeds = [], [], []
+        for r in self.replicates:
+            mask = ensemble.take(masks, r)
+            rew = ensemble.take(rewind, r)
+            states.append(self.member_state(rew, mask, k))
+            names.append(f"ticket/{r}")
+            seeds.append(self.data_seed(r))
+        control_key = jax.random.fold_in(self.keys["control"], level)
+        for c in self.lt.controls:
+            for r in self.replicates:
+                mask = ensemble.take(masks, r)
+                key = jax.random.fold_in(jax.random.fold_in(control_key, CONTROLS.index(c)), r)
+                if c == "reinit":
+                    variables = self.init_params(key)
+                else:
+                    variables = ensemble.take(rewind, r)
+                    mask = pruning.random_like(key, mask)
+                states.append(self.member_state(variables, mask, k))
+                names.append(f"{c}/{r}")
+                seeds.append(self.data_seed(r))
+        return ensemble.stack(states), names, seeds, masks
+
+    def instability(self, level, start_state):
+        """Two copies per replicate from the level's starting point (same weights
+        and mask), different data orders; test error along the straight line."""
+        R = len(self.replicates)
+        tickets = ensemble.take(start_state, np.arange(R))
+        pair = ensemble.stack([ensemble.take(tickets, r) for r in self.replicates for _ in (0, 1)])
+        seeds = [self.data_seed(r, copy) for r in self.replicates for copy in (1, 2)]
+        names = [f"copy{c}/{r}" for r in self.replicates for c in (1, 2)]
+        trained, _ = self.train(level, self.put(pair), names, seeds)
+        alphas = np.linspace(0.0, 1.0, self.lt.instability_points)
+        out = []
+        for r in self.replicates:
+            a, b = ensemble.take(trained, 2 * r), ensemble.take(trained, 2 * r + 1)
+            path = ensemble.stack([jax.tree_util.tree_map(lambda u, v: (1 - t) * u + t * v, a, b) for t in alphas])
+            errors = 1.0 - np.asarray(self.setup.loop.evaluate(self.put(path))["test_accuracy"])
+            out.append({"alphas": alphas, "test_error": errors,
+                        "barrier": float(errors.max() - 0.5 * (errors[0] + errors[-1]))})
+        return {"replicates": out, "barrier_mean": float(np.mean([o["barrier"] for o in out]))}
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self, overwrite=False) -> dict:
+        resuming = self.rundir.start(self.cfg.to_dict(), overwrite)
+        ckpt = Checkpointer(self.rundir.file("checkpoints"))
+        try:
+            return self._run(ckpt, resuming)
+        finally:
+            ckpt.close()
+            self.rundir.close()
+
+    def _run(self, ckpt, resuming):
+        t0 = time.time()
+        first = self.completed_levels()
+        meta = None
+        if resuming and ckpt.latest_step() is not None:
+            meta = ckpt.meta()
+            if meta["level"] != first:
+                meta = None
+
+        def keep(r):
+            return r["level"] < first or (meta is not None and r["level"] == first and r["step"] <= meta["step"])
+        self.rundir.truncate_metrics(keep)
+        if resuming and first:
+            print(f"resuming {self.rundir.path} at level {first}" + (f", step {meta['step']}" if meta else ""))
+
+        example = self.init_params(self.keys["init"])["params"]
+        stacked_like = ensemble.stack([example for _ in self.replicates])
+        ticket_final = prev_masks = None
+        if first > 0:
+            ticket_final = npz.load(os.path.join(self.level_dir(first - 1), "ticket_final.npz"), stacked_like)
+            prev_masks = ensemble.stack([masks_lib.load(self.mask_path(first - 1, r), example)
+                                         for r in self.replicates])
+        for level in range(first, self.lt.levels + 1):
+            state, names, seeds, level_masks = self.level_members(level, ticket_final, prev_masks)
+            state = self.put(state)
+            start_state = state
+            records = []
+            if meta is not None and meta["level"] == level:
+                state, _ = ckpt.restore(state)
+                records = [r for r in self.rundir.read_metrics() if r["level"] == level]
+                meta = None
+            stop_first = self.lt.rewind_step if level == 0 and self.lt.rewind_step > 0 else None
+            if level == 0 and self.lt.rewind_step == 0:
+                self.after_rewind_point(state)
+            state, records = self.train(level, state, names, seeds, stop_first, ckpt, records)
+            R = len(self.replicates)
+            ticket_final = ensemble.take(state.params, np.arange(R))
+            prev_masks = ensemble.take(state.mask, np.arange(R))
+            result = lottery_report.level_result(level, names, records, state.mask)
+            if level in self.lt.instability_levels:
+                if level == 0:
+                    rewound = self.load_rewind(ensemble.stack([{"params": example, "batch_stats": ensemble.take(
+                        start_state.batch_stats, 0)} for _ in self.replicates]))
+                    start_state = ensemble.stack([self.member_state(ensemble.take(rewound, r), None,
+                                                                    self.lt.rewind_step) for r in self.replicates])
+                result["instability"] = self.instability(level, start_state)
+            self.save_level(level, ticket_final, prev_masks, result)
+        summary = lottery_report.summarize(self.rundir, self.lt.levels, time.time() - t0)
+        self.rundir.write_summary(summary)
+        lottery_report.draw(self.rundir, summary)
+        lottery_report.print_summary(summary)
+        return summary
+
+    def mask_path(self, level, r):
+        return os.path.join(self.level_dir(level), "mask.npz" if r == 0 else f"mask_r{r}.npz")
+
+    def save_level(self, level, ticket_final, masks, result):
+        os.makedirs(self.level_dir(level), exist_ok=True)
+        for r in self.replicates:
+            masks_lib.save(self.mask_path(level, r), ensemble.take(masks, r))
+        npz.save(os.path.join(self.level_dir(level), "ticket_final.npz"), ticket_final)
+        write_json(os.path.join(self.level_dir(level), "result.json"), result)  # written last: marks the level done
+
+
+def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
+    check_config(cfg)
+    return Lottery(cfg, workdir, progress).run(overwrite)
+
+
+def redraw(rundir, config) -> list:
+    summary = read_json(rundir.file("summary.json"))
+    return lottery_report.draw(rundir, summary)

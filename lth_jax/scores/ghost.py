@@ -1,0 +1,266 @@
+"""Per-example squared gradient norms of a flax model in one forward and one
+backward pass of the summed loss ("ghost norms").
+
+How: while `apply_fn` runs, `flax.linen.intercept_methods` sees every call of
+an `nn.Dense`, `nn.Conv` or (evaluation-mode) `nn.BatchNorm`. It records the
+layer's input and adds a zero perturbation `e` to its output. The gradient of
+the summed loss with respect to `e` is the output gradient `g` of every
+example at once (examples do not interact in evaluation mode, so example n's
+slice of it is the gradient of example n's own loss). The parameters are
+constants of that gradient: no weight gradient is ever formed. Then, per
+example n (P = positions: 1 for a Dense on (N, D), the output pixels of a
+conv):
+
+- Dense / Conv kernel: grad_n = sum_p a_np (x) g_np, where a_np is the input
+  (for a conv, the input patch under output position p). Its squared norm is
+  |a_n|^2 |g_n|^2 when P == 1; otherwise whichever is cheaper of forming
+  grad_n (a batched matmul) or the Gram form sum_pq (a_np . a_nq)(g_np . g_nq).
+- Dense / Conv bias: |sum_p g_np|^2.
+- BatchNorm (running statistics, so y = xhat * scale + bias per channel):
+  scale: |sum_p g_np * xhat_np|^2, bias: |sum_p g_np|^2.
+
+`plan()` decides, from shapes alone (so under jit), whether these layers
+cover every leaf of variables["params"] exactly once; anything else (another
+layer type with parameters, a layer called twice, a Dense/Conv with a mask,
+custom dot_general, groups, input dilation, circular padding, BatchNorm in
+training mode or on a non-last axis, an input whose leading axis is not the
+example axis) makes it return a reason string instead, and the caller falls
+back to vmap(grad).
+
+Assumption: the leading axis of every intercepted layer's input is the
+example axis (true of every model in lth_jax.models, and of any model that
+keeps examples separate along axis 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from flax.linen.linear import canonicalize_padding
+from jax import lax
+
+from lth_jax.models import fast_conv
+
+__all__ = ["plan", "sq_norms"]
+
+_PLAIN_CONVS = (None, lax.conv_general_dilated, fast_conv.conv_general_dilated)
+_PLAIN_DOTS = (None, lax.dot_general)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    kind: str                 # "dense" | "conv" | "bn"
+    path: tuple[str, ...]     # module path inside variables["params"]
+    params: tuple[str, ...]   # the parameter leaves it owns
+    out: jax.ShapeDtypeStruct
+    geometry: tuple = ()      # conv: (kernel_size, strides, pads, dilation)
+
+
+def _kind(module) -> str | None:
+    cls = type(module)
+    for kind, base in (("dense", nn.Dense), ("conv", nn.Conv), ("bn", nn.BatchNorm)):
+        if isinstance(module, base) and cls.__call__ is base.__call__:
+            return kind
+    return None
+
+
+def _arg(args, kwargs, index, name, default=None):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _conv_geometry(module, x):
+    """(kernel_size, strides, pads, dilation) or a reason string."""
+    ks = module.kernel_size
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    nd = len(ks)
+
+    def bcast(v):
+        v = 1 if v is None else v
+        return (v,) * nd if isinstance(v, int) else tuple(v)
+
+    if x.ndim != nd + 2:
+        return "conv input without exactly one batch axis"
+    if module.feature_group_count != 1:
+        return "grouped conv"
+    if module.mask is not None:
+        return "conv with a mask"
+    if module.conv_general_dilated_cls is not None or module.conv_general_dilated not in _PLAIN_CONVS:
+        return "conv with a custom conv_general_dilated"
+    if any(d != 1 for d in bcast(module.input_dilation)):
+        return "conv with input dilation"
+    strides, dilation = bcast(module.strides), bcast(module.kernel_dilation)
+    padding = canonicalize_padding(module.padding, nd)
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            return f"conv with {padding} padding"
+        dilated = [(k - 1) * d + 1 for k, d in zip(ks, dilation)]
+        padding = lax.padtype_to_pads(x.shape[1:-1], dilated, strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return ks, strides, pads, dilation
+
+
+def _describe(kind, module, args, kwargs, out, n):
+    """A Layer for this call, or a reason string why it can't be covered."""
+    x = _arg(args, kwargs, 0, "x" if kind == "bn" else "inputs")
+    name = "/".join(module.path)
+    if not hasattr(x, "ndim") or x.ndim < 2 or x.shape[0] != n:
+        return f"{name}: input's leading axis is not the {n} examples"
+    geometry = ()
+    if kind == "dense":
+        if module.dot_general_cls is not None or module.dot_general not in _PLAIN_DOTS:
+            return f"{name}: Dense with a custom dot_general"
+        params = ("kernel", "bias") if module.use_bias else ("kernel",)
+    elif kind == "conv":
+        geometry = _conv_geometry(module, x)
+        if isinstance(geometry, str):
+            return f"{name}: {geometry}"
+        params = ("kernel", "bias") if module.use_bias else ("kernel",)
+    else:
+        ura = _arg(args, kwargs, 1, "use_running_average")
+        if not (ura if ura is not None else module.use_running_average):
+            return f"{name}: BatchNorm in training mode"
+        axis = module.axis
+        if not (isinstance(axis, int) and axis % x.ndim == x.ndim - 1):
+            return f"{name}: BatchNorm over an axis other than the last"
+        params = tuple(p for p, on in (("scale", module.use_scale), ("bias", module.use_bias)) if on)
+    return Layer(kind, tuple(module.path), params, jax.ShapeDtypeStruct(out.shape, out.dtype), geometry)
+
+
+def _interceptor(n, layers, perts, captured):
+    """Discovery mode (perts is None): fill `layers` (key -> list of Layer |
+    reason). Run mode: capture inputs, add perturbations."""
+
+    def intercept(next_fun, args, kwargs, ctx):
+        kind = _kind(ctx.module) if ctx.method_name == "__call__" else None
+        if kind is None:
+            return next_fun(*args, **kwargs)
+        out = next_fun(*args, **kwargs)
+        key = "/".join(ctx.module.path)
+        if perts is None:
+            layers.setdefault(key, []).append(_describe(kind, ctx.module, args, kwargs, out, n))
+            return out
+        x = _arg(args, kwargs, 0, "x" if kind == "bn" else "inputs")
+        if kind == "bn":
+            m = ctx.module
+            mean = m.get_variable("batch_stats", "mean")
+            var = m.get_variable("batch_stats", "var")
+            x = (x - mean) * lax.rsqrt(var + m.epsilon)
+        captured[key] = x
+        return out + perts[key]
+
+    return intercept
+
+
+def plan(apply_fn, variables, x):
+    """The intercepted layers (a tuple of Layer) if they cover every leaf of
+    variables["params"] exactly once, else a one-line reason (str)."""
+    layers: dict = {}
+    n = x.shape[0]
+    # A fresh function each time: jax.eval_shape caches traces by function,
+    # and a cached trace would not call the interceptor.
+    with nn.intercept_methods(_interceptor(n, layers, None, None)):
+        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, x)
+    found, reasons = [], []
+    for key, calls in layers.items():
+        if len(calls) != 1:
+            reasons.append(f"{key}: called {len(calls)} times")
+        elif isinstance(calls[0], str):
+            reasons.append(calls[0])
+        else:
+            found.append(calls[0])
+    params = variables.get("params", {}) if hasattr(variables, "get") else {}
+    wanted = {"/".join(k) for k in traverse_util.flatten_dict(params)}
+    covered = {"/".join(layer.path + (p,)) for layer in found for p in layer.params}
+    missing = sorted(wanted - covered)
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        reasons.append("not inside a Dense/Conv/BatchNorm call: " + ", ".join(missing[:3]) + more)
+    if reasons:
+        return "; ".join(reasons)
+    found = tuple(found)
+    # The run must see the same calls (it would not if apply_fn were, e.g.,
+    # a jax.jit-wrapped function whose cached trace skips the interceptor).
+    captured: dict = {}
+    perts = {"/".join(l.path): jnp.zeros(l.out.shape, l.out.dtype) for l in found}
+    with nn.intercept_methods(_interceptor(n, None, perts, captured)):
+        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, x)
+    if set(captured) != set(perts):
+        return "apply_fn does not call its layers visibly on every trace (is it jax.jit-wrapped?)"
+    return found
+
+
+def _patches(x, geometry):
+    """(N, *spatial, C) -> (N, P, prod(kernel) * C): the input patch under
+    each output position (the row order need not match the kernel's: only
+    norms are taken)."""
+    ks, strides, pads, dilation = geometry
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+    spatial = x.shape[1:-1]
+    out = [(s - (k - 1) * d - 1) // st + 1 for s, k, d, st in zip(spatial, ks, dilation, strides)]
+    pieces = []
+    for offset in itertools.product(*(range(k) for k in ks)):
+        start = [0] + [o * d for o, d in zip(offset, dilation)] + [0]
+        limit = [x.shape[0]] + [s + (o - 1) * st + 1 for s, o, st in zip(start[1:-1], out, strides)] + [x.shape[-1]]
+        pieces.append(lax.slice(x, start, limit, [1, *strides, 1]))
+    p = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+    return p.reshape(x.shape[0], math.prod(out), -1)
+
+
+def _outer_sq(a, g):
+    """a (N, P, D), g (N, P, F) -> (N,): |sum_p a_p (x) g_p|_F^2."""
+    n, p, d = a.shape
+    f = g.shape[-1]
+    if p == 1:
+        return jnp.sum(jnp.square(a), axis=(1, 2)) * jnp.sum(jnp.square(g), axis=(1, 2))
+    if p * (d + f) < d * f:  # Gram form: P^2 (D + F) vs P D F multiply-adds
+        ga = jnp.einsum("npd,nqd->npq", a, a)
+        gg = jnp.einsum("npf,nqf->npq", g, g)
+        return jnp.sum(ga * gg, axis=(1, 2))
+    w = jnp.einsum("npd,npf->ndf", a, g)
+    return jnp.sum(jnp.square(w), axis=(1, 2))
+
+
+def _layer_sq(layer, x, g):
+    n = g.shape[0]
+    total = jnp.zeros((n,), jnp.float32)
+    c = g.shape[-1]
+    gp = g.reshape(n, -1, c)
+    if "bias" in layer.params:
+        total += jnp.sum(jnp.square(jnp.sum(gp, axis=1)), axis=1)
+    if layer.kind == "bn":
+        if "scale" in layer.params:
+            s = jnp.sum(gp * x.reshape(n, -1, c), axis=1)
+            total += jnp.sum(jnp.square(s), axis=1)
+        return total
+    a = _patches(x, layer.geometry) if layer.kind == "conv" else x.reshape(n, -1, x.shape[-1])
+    return total + _outer_sq(a.astype(g.dtype), gp)
+
+
+def sq_norms(apply_fn, variables, x, y, layers):
+    """(N,) squared norm of each example's cross-entropy gradient over all
+    parameters; `layers` from plan()."""
+    n = x.shape[0]
+    perts = {"/".join(l.path): jnp.zeros(l.out.shape, l.out.dtype) for l in layers}
+
+    def loss(perts):
+        captured: dict = {}
+        with nn.intercept_methods(_interceptor(n, None, perts, captured)):
+            logits = apply_fn(variables, x)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(ce), captured
+
+    grads, captured = jax.grad(loss, has_aux=True)(perts)
+    total = jnp.zeros((n,), jnp.float32)
+    for layer in layers:
+        key = "/".join(layer.path)
+        total += _layer_sq(layer, captured[key], grads[key])
+    return total
