@@ -9,7 +9,7 @@ from jax import lax
 
 from lth_jax import models
 from lth_jax.errors import LthError
-from lth_jax.models import fast_conv
+from lth_jax.models import common, fast_conv, resnet
 
 ALL = [
     "conv2", "conv4", "conv6", "lenet_300_100", "mlp",
@@ -52,6 +52,14 @@ PARAMS_MNIST = {
 
 def _shape(name):
     return CIFAR if name.startswith(("vgg", "resnet")) else MNIST
+
+
+def _rbg_key(seed=0):
+    """A key for the inits this file executes. XLA:CPU takes ~1 s per
+    parameter shape to compile threefry (the default) on a 2-core machine;
+    the "rbg" generator compiles several times faster. Inits are the same
+    code either way."""
+    return jax.random.key(seed, impl="rbg")
 
 
 def _param_shapes(name, shape, num_classes=10, **kw):
@@ -120,7 +128,8 @@ def test_param_count_mnist(name):
 
 def test_lenet_init_is_gaussian_glorot():
     model = models.get("lenet_300_100", 10)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + MNIST))["params"]
+    x = jnp.zeros((1,) + MNIST)
+    params = jax.jit(lambda k: model.init(k, x))(_rbg_key())["params"]
     k = np.asarray(params["dense_0"]["kernel"])
     assert k.shape == (784, 300)
     np.testing.assert_allclose(k.std(), np.sqrt(2.0 / (784 + 300)), rtol=0.03)
@@ -135,7 +144,7 @@ def _variables(model, x, seed=0):
     by eval_shape) but numpy values: executing the init of eleven models
     would compile a random-number kernel per parameter shape, most of this
     file's run time on a 2-core CPU. `test_lenet_init_is_gaussian_glorot` and
-    `test_real_init` run real inits."""
+    `tiny_resnet` run real inits."""
     shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     rng = np.random.default_rng(seed)
 
@@ -155,7 +164,7 @@ def _variables(model, x, seed=0):
 def test_forward_train_and_eval(name):
     num_classes = 7
     model = models.get(name, num_classes)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2,) + _shape(name))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2,) + _shape(name)), jnp.float32)
     variables = _variables(model, x)
     params = variables["params"]
 
@@ -190,20 +199,6 @@ def test_forward_train_and_eval(name):
     assert np.all(np.isfinite(y_train))
 
 
-@pytest.mark.parametrize("name", ["conv2", "resnet20"])
-def test_real_init(name):
-    model = models.get(name, 10, width=4) if name == "resnet20" else models.get(name, 10)
-    x = jnp.zeros((1,) + _shape(name))
-    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(0))
-    assert models.num_params(variables["params"]) > 0
-    for leaf in jax.tree_util.tree_leaves(variables):
-        assert np.all(np.isfinite(leaf))
-    if name == "resnet20":  # open_lth's uniform BatchNorm init: scale in [0, 1)
-        scale = np.asarray(variables["params"]["stem_bn"]["scale"])
-        assert np.all((scale >= 0) & (scale < 1)) and scale.std() > 0
-        assert set(variables["batch_stats"]["stem_bn"]) == {"mean", "var"}
-
-
 def test_mlp_flattens_any_input():
     model = models.get("mlp", 3, widths=(4,))
     x = jnp.ones((5, 2, 3, 4, 1))
@@ -232,84 +227,106 @@ def _dn(nd):
     return ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_fast_conv_matches_lax(case):
-    x_shape, w_shape, strides, padding, dilation = CONV_CASES[case]
-    dn = _dn(len(x_shape) - 2)
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(k1, x_shape)
-    w = jax.random.normal(k2, w_shape)
+def test_fast_conv_gradients_match_lax():
+    """Forward and both gradients equal lax's (rtol 1e-5) for every case; all
+    cases in one jit (one compile instead of nine)."""
+    rng = np.random.default_rng(0)  # numpy data: no random-number kernels to compile
+    args = {}
+    for case, (x_shape, w_shape, *_) in CONV_CASES.items():
+        args[case] = (jnp.asarray(rng.normal(size=x_shape), jnp.float32),
+                      jnp.asarray(rng.normal(size=w_shape), jnp.float32))
 
-    def conv(fn):
+    def conv(fn, case):
+        x_shape, _, strides, padding, dilation = CONV_CASES[case]
+        dn = _dn(len(x_shape) - 2)
         return lambda x, w: fn(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
 
-    ref, fast = conv(lax.conv_general_dilated), conv(fast_conv.conv_general_dilated)
-    assert "custom_vjp_call" in str(jax.make_jaxpr(fast)(x, w))  # the custom path is taken
-    y = ref(x, w)
-    np.testing.assert_allclose(fast(x, w), y, rtol=1e-5, atol=1e-5)
-    ct = jax.random.normal(k3, y.shape)
-    grads_ref = jax.vjp(ref, x, w)[1](ct)
-    grads_fast = jax.jit(lambda x, w, ct: jax.vjp(fast, x, w)[1](ct))(x, w, ct)
-    for got, want in zip(grads_fast, grads_ref):
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for case, (x, w) in args.items():  # the custom path is taken
+        jaxpr = str(jax.make_jaxpr(conv(fast_conv.conv_general_dilated, case))(x, w))
+        assert "custom_vjp_call" in jaxpr, case
+
+    @jax.jit
+    def run(args):
+        out = {}
+        for case, (x, w) in args.items():
+            results = []
+            for fn in (lax.conv_general_dilated, fast_conv.conv_general_dilated):
+                y, vjp = jax.vjp(conv(fn, case), x, w)
+                ct = jnp.cos(jnp.arange(y.size, dtype=y.dtype) * 0.7).reshape(y.shape)
+                results.append((y, *vjp(ct)))
+            out[case] = results
+        return out
+
+    for case, (want, got) in run(args).items():
+        for what, a, b in zip(("y", "dx", "dw"), got, want):
+            assert a.shape == b.shape, (case, what)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{case} {what}")
 
 
 def test_fast_conv_falls_back_outside_supported_case():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 6))  # NCHW
-    w = jax.random.normal(jax.random.PRNGKey(1), (8, 4, 3, 3))  # OIHW
+    x = jnp.ones((2, 4, 6, 6))  # NCHW / OIHW: lax's default dimension numbers
+    w = jnp.ones((8, 4, 3, 3))
     f = lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), "SAME")  # noqa: E731
     assert "custom_vjp_call" not in str(jax.make_jaxpr(f)(x, w))
-    np.testing.assert_allclose(f(x, w), lax.conv_general_dilated(x, w, (1, 1), "SAME"), rtol=1e-6)
     grouped = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2
     )
-    xg = jnp.ones((1, 5, 5, 4))
-    wg = jnp.ones((3, 3, 2, 6))
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(grouped)(xg, wg))
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(grouped)(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 6))))
+    lhs_dilated = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), [(1, 1), (1, 1)], lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lhs_dilated)(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 6))))
 
 
-def _loss(model, x, y):
-    def loss(params, batch_stats):
-        variables = {"params": params}
-        kw = {}
-        if batch_stats is not None:
-            variables["batch_stats"] = batch_stats
-            kw["mutable"] = ["batch_stats"]
-        out = model.apply(variables, x, train=True, **kw)
-        logits = out[0] if batch_stats is not None else out
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    """A real (executed) init of a small ResNet with open_lth's CIFAR
+    initialisers: one stride-1 block, one stride-2 block with a 1x1 shortcut."""
+    def build(fast):
+        return resnet.ResNet(
+            num_classes=3, stage_sizes=(1, 1), width=4, kernel_init=common.kaiming_normal,
+            bn_scale_init=common.uniform_scale, fast_conv=fast,
+        )
 
-    return loss
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 3)), jnp.float32)
+    variables = jax.jit(lambda k: build(True).init(k, x, train=False))(_rbg_key())
+    return build, x, variables
 
 
-@pytest.mark.parametrize("name", ["conv2", "resnet20"])
-def test_model_gradients_fast_equal_plain_in_scan(name):
-    """The whole model: gradients with fast_conv inside lax.scan (and under
-    vmap, as ensembles use it) equal those of the plain lax convolution."""
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+def test_real_init(tiny_resnet):
+    _, _, variables = tiny_resnet
+    for leaf in jax.tree_util.tree_leaves(variables):
+        assert np.all(np.isfinite(leaf))
+    assert "shortcut_conv" in variables["params"]["block_1_0"]
+    assert "shortcut_conv" not in variables["params"]["block_0_0"]
+    scale = np.asarray(variables["params"]["block_1_0"]["bn_0"]["scale"])  # U[0, 1)
+    assert np.all((scale >= 0) & (scale < 1)) and scale.std() > 0
+    assert set(variables["batch_stats"]["stem_bn"]) == {"mean", "var"}
+    kernel = np.asarray(variables["params"]["block_1_0"]["conv_1"]["kernel"])  # kaiming normal
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 4 * 2)), rtol=0.3)
+
+
+def test_model_gradients_fast_equal_plain_in_scan_and_vmap(tiny_resnet):
+    """The whole model (strided convs, 1x1 shortcut, BatchNorm): gradients
+    with fast_conv inside lax.scan and under vmap (as ensembles use it) equal
+    those of the plain lax convolution."""
+    build, x, variables = tiny_resnet
     y = jnp.array([0, 1])
-    kw = {"width": 4} if name == "resnet20" else {}
-    fast = models.get(name, 3, **kw)
-    plain = models.get(name, 3, fast_conv=False, **kw)
-    variables = fast.init(jax.random.PRNGKey(0), x, train=False)
-    bs = variables.get("batch_stats")
+    stacked = jax.tree_util.tree_map(lambda p: jnp.stack([p, 0.5 * p]), variables["params"])
 
     def grads(model):
-        g = jax.grad(_loss(model, x, y))
+        def loss(params):
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x,
+                train=True, mutable=["batch_stats"],
+            )
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
 
         def body(carry, _):
-            return carry, g(variables["params"], bs)
+            return carry, jax.vmap(jax.grad(loss))(stacked)
 
         return jax.jit(lambda: jax.lax.scan(body, 0, None, length=2)[1])()
 
-    g_fast, g_plain = grads(fast), grads(plain)
+    g_fast, g_plain = grads(build(True)), grads(build(False))
     for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_plain)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-    # vmapped over a stack of two parameter sets.
-    stacked = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p]), variables["params"])
-    vg_fast = jax.jit(jax.vmap(jax.grad(_loss(fast, x, y)), in_axes=(0, None)))(stacked, bs)
-    vg_plain = jax.jit(jax.vmap(jax.grad(_loss(plain, x, y)), in_axes=(0, None)))(stacked, bs)
-    for a, b in zip(jax.tree_util.tree_leaves(vg_fast), jax.tree_util.tree_leaves(vg_plain)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -210,7 +210,8 @@ class Lottery:
         for level in range(first, self.lt.levels + 1):
             state, names, seeds, level_masks = self.level_members(level, ticket_final, prev_masks)
             state = self.put(state)
-            start_state = state
+            # training donates its input buffers: keep a copy where instability needs the start
+            start_state = jax.tree_util.tree_map(jnp.copy, state) if level in self.lt.instability_levels else None
             records = []
             if meta is not None and meta["level"] == level:
                 state, _ = ckpt.restore(state)

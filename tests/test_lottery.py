@@ -1,0 +1,185 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from lth_jax import ensemble, masks, npz
+from lth_jax.errors import LthError
+from lth_jax.experiments import common, lottery
+from lth_jax.loop import Loop
+
+
+def tiny(**over):
+    c = default.get_config()
+    c.data.source.num_samples = 600
+    c.data.validation_size = 100
+    c.model.widths = (24,)
+    c.train.steps = 40
+    c.train.batch_size = 50
+    c.train.eval_every = 10
+    c.train.checkpoint_every = 20
+    c.lottery.levels = 2
+    c.lottery.seeds = 2
+    c.lottery.scope = "layerwise"
+    c.lottery.layer_fractions = {"output/kernel": 0.1}
+    for k, v in over.items():
+        section, key = k.split("__")
+        c[section][key] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    cfg = tiny(lottery__rewind_step=20)
+    workdir = str(tmp_path_factory.mktemp("lottery"))
+    summary = lottery.run(cfg, workdir, progress=False)
+    return cfg, workdir, summary
+
+
+def leaf_masks(workdir, level, r=0):
+    name = "mask.npz" if r == 0 else f"mask_r{r}.npz"
+    with np.load(os.path.join(workdir, "levels", str(level), name)) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_files_table_and_plot(finished):
+    _, workdir, summary = finished
+    assert [e["level"] for e in summary["levels"]] == [0, 1, 2]
+    for level in range(3):
+        for f in ("result.json", "mask.npz", "mask_r1.npz", "ticket_final.npz"):
+            assert os.path.exists(os.path.join(workdir, "levels", str(level), f))
+    assert os.path.exists(os.path.join(workdir, "plots", "lottery.png"))
+    assert set(summary["levels"][1]["kinds"]) == {"ticket", "reinit", "random_prune"}
+    with np.load(os.path.join(workdir, "levels", "1", "mask.npz")) as f:
+        assert f["dense_0/kernel"].dtype == bool
+
+
+def test_masks_nested_and_densities_follow_schedule(finished):
+    _, workdir, _ = finished
+    full = {"dense_0/kernel": 40 * 24, "output/kernel": 24 * 10}
+    for r in (0, 1):
+        prev = leaf_masks(workdir, 0, r)
+        for level in (1, 2):
+            cur = leaf_masks(workdir, level, r)
+            for name in cur:
+                assert not np.any(cur[name] & ~prev[name]), (level, name)
+            for name, n0 in full.items():
+                p = 0.1 if name.startswith("output") else 0.2
+                assert abs(int(cur[name].sum()) - n0 * (1 - p) ** level) <= 1, (level, name)
+            assert cur["dense_0/bias"].all()
+            prev = cur
+
+
+def test_controls_share_density_but_differ(finished):
+    _, workdir, _ = finished
+    result = json.load(open(os.path.join(workdir, "levels", "2", "result.json")))
+    m = result["members"]
+    for r in (0, 1):
+        t, ri, rp = m[f"ticket/{r}"], m[f"reinit/{r}"], m[f"random_prune/{r}"]
+        assert t["density_per_leaf"] == ri["density_per_leaf"] == rp["density_per_leaf"]
+        assert t["final_test_loss"] != ri["final_test_loss"] != rp["final_test_loss"]
+
+
+def test_rewind_restores_step_k_weights_on_kept_positions(finished):
+    cfg, workdir, _ = finished
+    lot = lottery.Lottery(cfg, workdir, progress=False)
+    example = lot.init_params(lot.keys["init"])
+    rewind = npz.load(os.path.join(workdir, "rewind.npz"), ensemble.stack([example, example]))
+    # The rewind point is the dense run's step-20 weights: retrain replicate 0 alone to step 20.
+    alone = common.build(cfg)
+    state = alone.init(jax.random.fold_in(lot.keys["init"], 0))
+    alone.loop.seed = (cfg.seed, 0)
+    state = alone.loop.run(state, 20, 10, lot.keys["augment"], progress=False)
+    np.testing.assert_allclose(ensemble.take(rewind["params"], 0)["dense_0"]["kernel"],
+                               state.params["dense_0"]["kernel"], rtol=1e-5, atol=1e-6)
+    prev_masks = ensemble.stack([masks.load(lot.mask_path(0, r), example["params"]) for r in (0, 1)])
+    final = npz.load(os.path.join(workdir, "levels", "0", "ticket_final.npz"),
+                     ensemble.stack([example["params"]] * 2))
+    stacked, names, _, level_masks = lot.level_members(1, final, prev_masks)
+    for r in (0, 1):
+        ticket = ensemble.take(stacked, names.index(f"ticket/{r}"))
+        assert int(ticket.step) == 20
+        kept = np.asarray(ticket.mask["dense_0"]["kernel"])
+        w = np.asarray(ticket.params["dense_0"]["kernel"])
+        np.testing.assert_array_equal(w[kept], np.asarray(ensemble.take(rewind["params"], r)["dense_0"]["kernel"])[kept])
+        assert np.all(w[~kept] == 0)
+        reinit = ensemble.take(stacked, names.index(f"reinit/{r}"))
+        np.testing.assert_array_equal(reinit.mask["dense_0"]["kernel"], kept)
+        assert not np.allclose(np.asarray(reinit.params["dense_0"]["kernel"])[kept], w[kept])
+        rand = ensemble.take(stacked, names.index(f"random_prune/{r}"))
+        assert not np.array_equal(np.asarray(rand.mask["dense_0"]["kernel"]), kept)
+        assert np.asarray(rand.mask["dense_0"]["kernel"]).sum() == kept.sum()
+
+
+def test_vmapped_members_match_training_each_alone(finished):
+    cfg, workdir, _ = finished
+    lot = lottery.Lottery(cfg, workdir, progress=False)
+    example = lot.init_params(lot.keys["init"])["params"]
+    prev = ensemble.stack([masks.load(lot.mask_path(0, r), example) for r in (0, 1)])
+    final = npz.load(os.path.join(workdir, "levels", "0", "ticket_final.npz"), ensemble.stack([example] * 2))
+    stacked, names, seeds, _ = lot.level_members(1, final, prev)
+    together, _ = lot.train(1, jax.tree_util.tree_map(jnp.copy, stacked), names, seeds)
+    alone = common.build(cfg)
+    for i in (0, 3, 5):  # ticket/0, reinit/1, random_prune/1
+        alone.loop.seed = seeds[i]
+        st = alone.loop.run(ensemble.take(stacked, i), cfg.train.steps, 10, lot.keys["augment"], progress=False)
+        for a, b in zip(jax.tree_util.tree_leaves(st.params),
+                        jax.tree_util.tree_leaves(ensemble.take(together.params, i))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_crash_mid_level(tmp_path, monkeypatch, capsys, finished):
+    cfg, _, full = finished
+    cfg = tiny(lottery__rewind_step=20, train__checkpoint_every=10)  # same numbers, checkpoints mid-level
+    original = Loop.run_chunk
+    calls = {"n": 0}
+
+    def crashing(self, state, stop, key):
+        calls["n"] += 1
+        if calls["n"] == 6:  # level 1 (steps 20 -> 40), after its checkpoint at step 30
+            raise KeyboardInterrupt
+        return original(self, state, stop, key)
+
+    monkeypatch.setattr(Loop, "run_chunk", crashing)
+    workdir = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        lottery.run(cfg, workdir, progress=False)
+    assert os.path.exists(os.path.join(workdir, "levels", "0", "result.json"))
+    assert not os.path.exists(os.path.join(workdir, "levels", "1", "result.json"))
+    monkeypatch.setattr(Loop, "run_chunk", original)
+    resumed = lottery.run(cfg, workdir, progress=False)
+    assert "at level 1, step 30" in capsys.readouterr().out
+    for a, b in zip(full["levels"], resumed["levels"]):
+        for kind in a["kinds"]:
+            np.testing.assert_allclose(a["kinds"][kind]["final_test_loss"]["values"],
+                                       b["kinds"][kind]["final_test_loss"]["values"], rtol=1e-6)
+            assert a["kinds"][kind]["early_stop_step"]["values"] == b["kinds"][kind]["early_stop_step"]["values"]
+
+
+def test_instability_reports_a_barrier(tmp_path):
+    cfg = tiny(lottery__levels=1, lottery__seeds=1, lottery__instability_levels=(1,), lottery__instability_points=5,
+               lottery__controls=())
+    summary = lottery.run(cfg, str(tmp_path / "inst"), progress=False)
+    barrier = summary["levels"][1]["instability_barrier"]
+    result = json.load(open(tmp_path / "inst" / "levels" / "1" / "result.json"))
+    errors = result["instability"]["replicates"][0]["test_error"]
+    assert len(errors) == 5 and barrier == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2)
+    assert os.path.exists(tmp_path / "inst" / "plots" / "instability.png")
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(lottery__rewind_step=40), "rewind_step 40 must be in"),
+    (dict(lottery__levels=-1), "levels must be >= 0"),
+    (dict(lottery__fraction=1.0), "fraction must be in (0, 1)"),
+    (dict(lottery__fraction=0.0), "fraction must be in (0, 1)"),
+    (dict(lottery__controls=("shuffle",)), "unknown lottery control"),
+])
+def test_bad_lottery_config(tmp_path, over, message):
+    with pytest.raises(LthError) as e:
+        lottery.run(tiny(**over), str(tmp_path / "bad"), progress=False)
+    assert message in str(e.value)
+    assert not os.path.exists(tmp_path / "bad")
