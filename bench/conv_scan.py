@@ -8,6 +8,9 @@ and the largest difference between the final parameters.
 
     python bench/conv_scan.py                 # 5 fast steps, 2 plain steps
     python bench/conv_scan.py --plain_steps 5
+
+It also times the plain lax step jitted on its own (no loop), the speed the
+scan should reach.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import optax
 from lth_jax import models
 
 
-def make_run(model, steps, lr=0.01):
+def make_step(model, lr=0.01):
     def loss_fn(params, x, y):
         logits = model.apply({"params": params}, x, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -33,6 +36,12 @@ def make_run(model, steps, lr=0.01):
         params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
         return params, loss
 
+    return step
+
+
+def make_run(model):
+    step = make_step(model)
+
     @jax.jit
     def run(params, xs, ys):
         return jax.lax.scan(step, params, (xs, ys))
@@ -42,7 +51,7 @@ def make_run(model, steps, lr=0.01):
 
 def time_variant(fast, params, xs, ys):
     model = models.get("conv6", 10, fast_conv=fast)
-    run = make_run(model, xs.shape[0])
+    run = make_run(model)
     t0 = time.perf_counter()
     compiled = run.lower(params, xs, ys).compile()
     t_compile = time.perf_counter() - t0
@@ -67,24 +76,32 @@ def main():
     print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__}")
     print(f"Conv-6, batch {args.batch}, 28x28x1, SGD steps inside lax.scan")
 
-    results = {}
+    finals = {}
     for fast, steps in ((True, args.steps), (False, args.plain_steps)):
         if steps <= 0:
             continue
         label = "fast_conv" if fast else "lax conv "
-        t_c, t_r, p, losses = time_variant(fast, params, xs[:steps], ys[:steps])
-        results[fast] = (steps, p, losses)
-        print(f"{label}: {steps} steps in {t_r:8.3f} s = {t_r / steps:8.3f} s/step (compile {t_c:.1f} s)")
+        t_c, t_r, final, losses = time_variant(fast, params, xs[:steps], ys[:steps])
+        finals[fast] = (steps, final)
+        print(f"{label}: {steps} steps in {t_r:8.3f} s = {t_r / steps:8.3f} s/step "
+              f"(compile {t_c:.1f} s) losses {[round(float(v), 5) for v in losses]}")
 
-    if True in results and False in results:
-        k = min(results[True][0], results[False][0])
-        if results[True][0] == results[False][0]:
-            diff = jax.tree_util.tree_map(
-                lambda a, b: jnp.max(jnp.abs(a - b)), results[True][1], results[False][1]
-            )
-            print(f"max |param difference| after {k} steps: {max(jax.tree_util.tree_leaves(diff)):.2e}")
-        l_fast, l_plain = results[True][2][:k], results[False][2][:k]
-        print(f"losses fast {l_fast.tolist()} plain {l_plain.tolist()}")
+    # Reference: the plain lax conv, one jitted step per call (no loop), where
+    # XLA:CPU fixes the layouts itself.
+    step = jax.jit(make_step(models.get("conv6", 10, fast_conv=False)))
+    p, _ = jax.block_until_ready(step(params, (xs[0], ys[0])))
+    t0 = time.perf_counter()
+    for i in range(min(n, 3)):
+        p, _ = step(p, (xs[i], ys[i]))
+    jax.block_until_ready(p)
+    t = (time.perf_counter() - t0) / min(n, 3)
+    print(f"lax conv, no scan (jit per step): {t:8.3f} s/step")
+
+    if True in finals and False in finals:  # same steps both ways: same parameters
+        k, p_plain = finals[False]
+        p_fast = finals[True][1] if finals[True][0] == k else time_variant(True, params, xs[:k], ys[:k])[2]
+        diff = jax.tree_util.tree_map(lambda a, b: jnp.max(jnp.abs(a - b)), p_fast, p_plain)
+        print(f"max |parameter difference| after {k} steps: {max(jax.tree_util.tree_leaves(diff)):.2e}")
 
 
 if __name__ == "__main__":

@@ -264,18 +264,22 @@ def test_fast_conv_gradients_match_lax():
 
 
 def test_fast_conv_falls_back_outside_supported_case():
-    x = jnp.ones((2, 4, 6, 6))  # NCHW / OIHW: lax's default dimension numbers
-    w = jnp.ones((8, 4, 3, 3))
-    f = lambda x, w: fast_conv.conv_general_dilated(x, w, (1, 1), "SAME")  # noqa: E731
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(f)(x, w))
-    grouped = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2
-    )
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(grouped)(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 6))))
-    lhs_dilated = lambda x, w: fast_conv.conv_general_dilated(  # noqa: E731
-        x, w, (1, 1), [(1, 1), (1, 1)], lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(lhs_dilated)(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 6))))
+    """Outside NHWC/HWIO, groups = 1, lhs_dilation = 1: plain lax conv."""
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    cases = [
+        # lax's default dimension numbers (NCHW / OIHW)
+        ((2, 4, 6, 6), (8, 4, 3, 3), dict()),
+        ((1, 5, 5, 4), (3, 3, 2, 6), dict(dimension_numbers=nhwc, feature_group_count=2)),
+        ((1, 5, 5, 4), (3, 3, 4, 6), dict(dimension_numbers=nhwc, lhs_dilation=(2, 2))),
+    ]
+    for x_shape, w_shape, kw in cases:
+        padding = [(1, 1), (1, 1)]
+
+        def f(x, w, kw=kw):
+            return fast_conv.conv_general_dilated(x, w, (1, 1), padding, **kw)
+
+        jaxpr = str(jax.make_jaxpr(f)(jnp.ones(x_shape), jnp.ones(w_shape)))
+        assert "custom_vjp_call" not in jaxpr and "conv_general_dilated" in jaxpr, kw
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,8 @@ def _fast_bwd(static, lhs, rhs, g):
     (lo, hi), output size H'; y[i] = sum_k xpad[i*s + k*d] w[k].
     """
     strides, pads, dilation, precision, pref = static
+    if g.size == 0 or lhs.size == 0:
+        return _lax_bwd(static, lhs, rhs, g)
     nd = lhs.ndim - 2
     dn = _dn(nd)
     in_spatial = lhs.shape[1:-1]
@@ -171,18 +173,15 @@ def _fast_bwd(static, lhs, rhs, g):
     # Input gradient: dilate g by the stride (interior padding), pad by
     # (Kd-1-lo, H+lo-(H'-1)s-1), then a stride-1 conv with the kernel flipped
     # in space and its in/out axes swapped (still HWIO).
-    g_pads = [(0, 0, 0)]
+    g_pads, interior = [], []
     for h, k, d, s, (lo, _), ho in zip(in_spatial, k_spatial, dilation, strides, pads, out_spatial):
-        kd = (k - 1) * d + 1
-        g_pads.append((kd - 1 - lo, h + lo - (ho - 1) * s - 1, s - 1))
-    g_pads.append((0, 0, 0))
-    crop, keep = _split_pads([(lo, hi) for lo, hi, _ in g_pads[1:-1]])
-    interior = [p[2] for p in g_pads[1:-1]]
-    g_dil = lax.pad(
-        g,
-        zero,
-        [(0, 0, 0)] + [(c_lo, c_hi, i) for (c_lo, c_hi, _), i in zip(crop, interior)] + [(0, 0, 0)],
-    )
+        g_pads.append(((k - 1) * d - lo, h + lo - (ho - 1) * s - 1))
+        interior.append(s - 1)
+    crop, keep = _split_pads(g_pads)
+    g_dil = g
+    if any(interior) or any(c != (0, 0, 0) for c in crop):
+        config = [(c_lo, c_hi, i) for (c_lo, c_hi, _), i in zip(crop, interior)]
+        g_dil = lax.pad(g, zero, [(0, 0, 0)] + config + [(0, 0, 0)])
     w_t = lax.rev(rhs, tuple(range(nd)))
     w_t = jax.numpy.swapaxes(w_t, nd, nd + 1)
     dlhs = lax.conv_general_dilated(
