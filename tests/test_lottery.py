@@ -183,3 +183,12 @@ def test_bad_lottery_config(tmp_path, over, message):
         lottery.run(tiny(**over), str(tmp_path / "bad"), progress=False)
     assert message in str(e.value)
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_report_redraws_plots_from_files(finished):
+    from lth_jax import report
+    _, workdir, _ = finished
+    plot = os.path.join(workdir, "plots", "lottery.png")
+    os.remove(plot)
+    assert report.main([workdir]) == 0
+    assert os.path.getsize(plot) > 10_000

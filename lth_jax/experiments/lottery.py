@@ -65,6 +65,9 @@ class Lottery:
         self.rundir = RunDir(workdir)
         self.replicates = list(range(self.lt.seeds))
         self.layer_fractions = dict(self.lt.layer_fractions)
+        self._prune = jax.jit(jax.vmap(lambda p, m: pruning.magnitude(p, m, self.lt.fraction, self.lt.scope,
+                                                                      self.layer_fractions)))
+        self._random_like = jax.jit(pruning.random_like)
 
     # ---- members -------------------------------------------------------------------------
     def init_params(self, key):
@@ -131,8 +134,7 @@ class Lottery:
         rewind = self.load_rewind(ensemble.stack([{"params": variables0["params"],
                                                    "batch_stats": variables0.get("batch_stats", {})}
                                                   for _ in self.replicates]))
-        prune = jax.vmap(lambda p, m: pruning.magnitude(p, m, self.lt.fraction, self.lt.scope,
-                                                        self.layer_fractions))
+        prune, random_like = self._prune, self._random_like
         masks = prune(ticket_final, prev_masks)
         states, names, seeds = [], [], []
         for r in self.replicates:
@@ -150,7 +152,7 @@ class Lottery:
                     variables = self.init_params(key)
                 else:
                     variables = ensemble.take(rewind, r)
-                    mask = pruning.random_like(key, mask)
+                    mask = random_like(key, mask)
                 states.append(self.member_state(variables, mask, k))
                 names.append(f"{c}/{r}")
                 seeds.append(self.data_seed(r))
