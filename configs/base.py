@@ -52,4 +52,18 @@ def get_config():
     c.lottery.controls = ("reinit", "random_prune")
     c.lottery.instability_levels = ()  # levels whose rewind point gets the instability analysis
     c.lottery.instability_points = 11  # points on the line between the two copies
+
+    c.diet = config_dict.ConfigDict()  # experiment = "diet"
+    c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
+    c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation
+    c.diet.scores = ("el2n", "grand", "input_norm", "forgetting")
+    c.diet.chunk_size = 1000         # examples scored at a time (memory bound)
+    c.diet.selections = ("el2n:hardest", "el2n:easiest", "random")  # SCORE:hardest|easiest|window, or random
+    c.diet.window_offset = 0.0       # for :window, the share of hardest examples skipped first
+    c.diet.class_balanced = False
+    c.diet.fractions = (0.3, 0.5, 0.7)  # kept fractions; each trains train.steps steps
+    c.diet.full_data = True          # also train on all examples (fraction 1.0)
+    c.diet.seeds = 2
+    c.diet.label_noise = 0.0         # share of training labels flipped before scoring
+    c.diet.scores_path = ""          # reuse a scores.npz instead of scoring
     return c

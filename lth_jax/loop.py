@@ -41,9 +41,10 @@ class Loop:
         check(batch_size <= n, f"batch_size {batch_size} is larger than the training set ({n} examples); "
                                "lower the batch size or use more data")
         self.trainer, self.batch_size, self.seed = trainer, batch_size, seed
-        self.member_seeds = member_seeds
+        self.member_seeds, self.member_subsets = member_seeds, None
         self.n_train = n
         put = put or jnp.asarray
+        self._put = put
         self.device_data = device_data
         self.x_host, self.y_host = x_train, y_train
         if device_data:
@@ -57,13 +58,40 @@ class Loop:
     def steps_per_epoch(self) -> int:
         return self.n_train // self.batch_size
 
+    def set_members(self, seeds: list | None = None, subsets: list | None = None) -> None:
+        """Per-member data: `seeds` (data-order seed of each member) and `subsets`
+        (each an index array into the training set that member trains on, all
+        of the same length; None = the whole set). Epochs then run over the subset."""
+        if subsets is not None:
+            for s in subsets:
+                check(self.batch_size <= len(s), f"batch_size {self.batch_size} is larger than a training subset "
+                                                 f"({len(s)} examples); keep more examples or lower the batch size")
+            check(len({len(s) for s in subsets}) == 1, "member subsets must have the same size to train together")
+            if seeds is not None:
+                check(len(seeds) == len(subsets), "one data seed per member subset")
+        self.member_seeds = seeds
+        self.member_subsets = None if subsets is None else [np.asarray(s, np.int64) for s in subsets]
+
+    def replace_labels(self, y_train) -> None:
+        """Train on other labels (e.g. noisy ones) for the same examples."""
+        check(len(y_train) == self.n_train, "replace_labels needs one label per training example")
+        self.y_host = np.asarray(y_train, np.int32)
+        if self.device_data:
+            self.y_dev = self._put(self.y_host)
+
+    def _order(self, seed, subset, start, stop):
+        n = self.n_train if subset is None else len(subset)
+        index = batch_indices(seed, n, self.batch_size, start, stop)
+        return index if subset is None else subset[index].astype(np.int32)
+
     def run_chunk(self, state: TrainState, stop: int, key):
         start = int(np.asarray(state.step).reshape(-1)[0])
-        if self.member_seeds is None:
+        if self.member_seeds is None and self.member_subsets is None:
             index = batch_indices(self.seed, self.n_train, self.batch_size, start, stop)
         else:
-            index = np.stack([batch_indices(s, self.n_train, self.batch_size, start, stop)
-                              for s in self.member_seeds], axis=1)
+            subsets = self.member_subsets or [None] * len(self.member_seeds)
+            seeds = self.member_seeds or [self.seed] * len(subsets)
+            index = np.stack([self._order(s, sub, start, stop) for s, sub in zip(seeds, subsets)], axis=1)
         if self.device_data:
             return self._scan(state, self.x_dev, self.y_dev, jnp.asarray(index), key)
         return self._scan_host(state, jnp.asarray(self.x_host[index]), jnp.asarray(self.y_host[index]), key)

@@ -3,7 +3,7 @@ import importlib
 
 from lth_jax.errors import unknown
 
-EXPERIMENTS = ("train", "lottery")
+EXPERIMENTS = ("train", "lottery", "diet")
 
 
 def get(name: str):

@@ -100,7 +100,7 @@ class Lottery:
     def train(self, level, state, names, member_seeds, stop_first=None, ckpt=None, records=None):
         """Train the stacked `state` to train.steps; returns (state, records)."""
         loop = self.setup.loop
-        loop.member_seeds = member_seeds
+        loop.set_members(member_seeds)
         records = [] if records is None else records
         t = self.cfg.train
 
