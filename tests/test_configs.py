@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax.experiments import lottery
+from lth_jax.experiments import diet, lottery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -19,6 +19,8 @@ def test_config_is_valid(name):
     assert cfg.experiment in ("train", "lottery", "diet")
     if cfg.experiment == "lottery":
         lottery.check_config(cfg)
+    if cfg.experiment == "diet":
+        diet.check_config(cfg)
 
 
 @pytest.mark.parametrize("name", ["lottery_conv6_cifar10", "lottery_resnet20_cifar10"])
@@ -38,3 +40,18 @@ def test_cifar_lottery_config_runs_on_mock_data(tmp_path, name):
     level1 = summary["levels"][1]
     assert set(level1["kinds"]) == {"ticket", "reinit", "random_prune"}
     assert 0.7 < level1["density"] < 0.9
+
+
+def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
+    cfg = importlib.import_module("configs.diet_resnet18_cifar10").get_config()
+    cfg.model.width = 8  # the recipe's architecture, narrower, to keep the test fast
+    cfg.train.batch_size = 8
+    cfg.train.eval_batch_size = 16
+    cfg.train.steps = 4
+    cfg.train.eval_every = 2
+    cfg.diet.members = 2
+    cfg.diet.score_epochs = 0.5
+    with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
+        summary = diet.run(cfg, str(tmp_path / "diet"), progress=False)
+    assert set(summary["test_accuracy"]) == {"el2n:hardest", "random", "full"}
+    assert summary["test_accuracy"]["random"]["0.5"]["kept"] == 16

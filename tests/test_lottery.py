@@ -92,7 +92,7 @@ def test_rewind_restores_step_k_weights_on_kept_positions(finished):
     # The rewind point is the dense run's step-20 weights: retrain replicate 0 alone to step 20.
     alone = common.build(cfg)
     state = alone.init(jax.random.fold_in(lot.keys["init"], 0))
-    alone.loop.seed = (cfg.seed, 0)
+    alone.loop.seed = (cfg.seed, 0)  # replicate 0's data order
     state = alone.loop.run(state, 20, 10, lot.keys["augment"], progress=False)
     np.testing.assert_allclose(ensemble.take(rewind["params"], 0)["dense_0"]["kernel"],
                                state.params["dense_0"]["kernel"], rtol=1e-5, atol=1e-6)

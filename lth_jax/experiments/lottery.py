@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import ensemble, npz, pruning
+from lth_jax import ensemble, npz, pruning, subsets
 from lth_jax import masks as masks_lib
 from lth_jax.checkpoint import Checkpointer
 from lth_jax.errors import check
@@ -53,6 +53,12 @@ def check_config(cfg) -> None:
         check(c in CONTROLS, f"unknown lottery control {c!r}; valid: {', '.join(CONTROLS)}")
     check(cfg.data.validation_size > 0, "the lottery experiment needs a validation split for the early-stopping "
                                         "iteration: set data.validation_size > 0")
+    if lt.pretrain_scores:
+        check(lt.rewind_step > 0, "lottery.pretrain_scores (a data diet for the pre-training) needs "
+                                  "lottery.rewind_step > 0: the subset trains the dense net up to the rewind step")
+        check(lt.pretrain_selection in subsets.METHODS,
+              f"lottery.pretrain_selection must be one of {', '.join(subsets.METHODS)}, got {lt.pretrain_selection!r}")
+        subsets.check_fraction(lt.pretrain_fraction)
     for level in lt.instability_levels:
         check(0 <= level <= lt.levels, f"lottery.instability_levels has {level}, outside [0, levels = {lt.levels}]")
 
@@ -114,10 +120,23 @@ class Lottery:
 
         desc = f"level {level}" if self.progress else False
         if stop_first is not None and int(np.asarray(state.step)[0]) < stop_first:
+            if self.lt.pretrain_scores:  # lottery tickets on a data diet: pre-train on a scored subset
+                loop.set_members(member_seeds, [self.pretrain_subset()] * len(member_seeds))
             state = loop.run(state, stop_first, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
+            loop.set_members(member_seeds)
             self.after_rewind_point(state)
         state = loop.run(state, t.steps, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
         return state, records
+
+    def pretrain_subset(self):
+        """The examples the dense pre-training up to the rewind step uses (Paul et al. 2022)."""
+        from lth_jax.experiments.diet import load_scores
+        table = load_scores(self.lt.pretrain_scores, self.setup.dataset.train_indices)
+        key = f"{self.lt.pretrain_score}_mean"
+        check(key in table, f"scores file {self.lt.pretrain_scores} has no {self.lt.pretrain_score!r} scores; "
+                            f"it has: {', '.join(k[:-5] for k in table if k.endswith('_mean'))}")
+        return subsets.choose(self.lt.pretrain_selection, table[key], self.lt.pretrain_fraction,
+                              seed=[self.cfg.seed, 17], labels=self.setup.dataset.y_train)
 
     def after_rewind_point(self, state):
         npz.save(self.rundir.file("rewind.npz"), {"params": state.params, "batch_stats": state.batch_stats})

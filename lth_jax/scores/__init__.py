@@ -141,7 +141,12 @@ def _ensemble(stacked_variables, x, y, *, score_fn, apply_fn, chunk_size, model)
     kw = {} if model is None else {"model": model}
     n = x.shape[0]
 
+    k = jax.tree_util.tree_leaves(stacked_variables)[0].shape[0]
+
     def members(xc, yc):
+        if k == 1:  # no member axis to vectorise over: skip vmap's batching rules
+            one = jax.tree_util.tree_map(lambda a: a[0], stacked_variables)
+            return score_fn(apply_fn, one, xc, yc, **kw)[None]
         return jax.vmap(lambda v: score_fn(apply_fn, v, xc, yc, **kw))(stacked_variables)
 
     c = min(chunk_size, n)
@@ -155,7 +160,6 @@ def _ensemble(stacked_variables, x, y, *, score_fn, apply_fn, chunk_size, model)
         lambda b: members(*b),
         (xp.reshape((chunks, c) + x.shape[1:]), yp.reshape(chunks, c)),
     )  # (chunks, K, c)
-    k = out.shape[1]
     return jnp.moveaxis(out, 1, 0).reshape(k, chunks * c)[:, :n]
 
 

@@ -1,0 +1,188 @@
+"""One lottery level: K members trained together (vmapped) vs one after another.
+
+The lottery experiment trains a ticket and its controls (reinit, random_prune)
+as one stacked state through `Trainer(members=True).scan_steps`, all members
+sharing the batches. This script times that against training the same
+members one at a time with `Trainer(members=False)`, the same number of steps
+and the same batches, compile time excluded (both warmed up first).
+
+Setups (random data of the real sizes, kept on the device as lth_jax.loop does):
+  mlp    MNIST-1D MLP 40-100-100-10, batch 100, Adam 1e-3, 3,500 train examples
+  lenet  LeNet-300-100 on 28x28x1, batch 60, Adam 1.2e-3, 55,000 train examples
+Member sets:
+  K=3  ticket (layerwise magnitude pruning 20%, output layer 10%), reinit
+       control (same mask, fresh init), random_prune control (random mask of
+       the same per-layer density, ticket weights): one replicate of a level
+  K=8  8 dense members from different inits (the ensemble benchmark)
+
+A level is `--steps` steps (default 3000, the configs' train.steps) run in
+compiled chunks of `--chunk` steps (default 250 = train.eval_every); after
+each chunk the losses are copied to the host, as Loop does. Evaluation and
+the host-side batch-index computation are not timed. Repetitions of the
+variants are interleaved (vmapped, sequential, vmapped, ...); best and median
+are reported, and speedup = sequential / vmapped.
+
+    python bench/lottery_vmap.py --out bench/results/lottery_vmap.json
+    python bench/lottery_vmap.py --quick --out /tmp/lv.json          # smoke run
+    python bench/lottery_vmap.py --per_member_order   # each member its own data order
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+SETUPS = {
+    "mlp": dict(model="mlp", kw={"widths": (100, 100)}, input=(40,), batch=100, lr=1e-3, n_train=3500),
+    "lenet": dict(model="lenet_300_100", kw={}, input=(28, 28, 1), batch=60, lr=1.2e-3, n_train=55000),
+}
+CLASSES = 10
+
+
+def build(name, k, args):
+    """(single Trainer, members Trainer, list of K member states, x, y, index rows)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lth_jax import masks as masks_lib
+    from lth_jax import models, optim, pruning
+    from lth_jax.train import Trainer, batch_indices, create_state, init_variables
+
+    cfg = SETUPS[name]
+    model = models.get(cfg["model"], num_classes=CLASSES, **cfg["kw"])
+    tx = optim.optimizer("adam", cfg["lr"])
+    key = jax.random.PRNGKey(0)
+
+    def init(i):
+        return init_variables(model, jax.random.fold_in(key, i), cfg["input"])["params"]
+
+    states = []
+    if k == 3:  # ticket + reinit + random_prune, as lottery.level_members builds them
+        params = init(0)
+        mask = pruning.magnitude(params, masks_lib.ones_like(params), 0.2, "layerwise", {"output/kernel": 0.1})
+        states.append(create_state(params, {}, tx, mask))
+        states.append(create_state(init(1), {}, tx, mask))
+        states.append(create_state(params, {}, tx, pruning.random_like(jax.random.PRNGKey(7), mask)))
+    else:  # an ensemble: K dense members
+        states = [create_state(init(i), {}, tx) for i in range(k)]
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((cfg["n_train"], *cfg["input"]), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, CLASSES, cfg["n_train"]).astype(np.int32))
+    if args.per_member_order:
+        rows = [batch_indices((0, m), cfg["n_train"], cfg["batch"], 0, args.steps) for m in range(k)]
+    else:
+        rows = [batch_indices(0, cfg["n_train"], cfg["batch"], 0, args.steps)] * k
+    return Trainer(model, tx), Trainer(model, tx, members=True), states, x, y, rows
+
+
+def variants(name, k, args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lth_jax import ensemble
+
+    single, stacked, states, x, y, rows = build(name, k, args)
+    chunks = [(c, min(c + args.chunk, args.steps)) for c in range(0, args.steps, args.chunk)]
+    # index chunks on the device: alone (n, batch) per member; vmapped shared (n, batch) or (n, K, batch)
+    alone_idx = [[jnp.asarray(r[a:b]) for a, b in chunks] for r in rows]
+    if args.per_member_order:
+        vm_idx = [jnp.asarray(np.stack([r[a:b] for r in rows], axis=1)) for a, b in chunks]
+    else:
+        vm_idx = alone_idx[0]
+    key = jax.random.PRNGKey(1)
+    scan_single = jax.jit(single.scan_steps, donate_argnums=0)
+    scan_stacked = jax.jit(stacked.scan_steps, donate_argnums=0)
+    stacked0 = ensemble.stack(states)
+
+    def copy(tree):
+        return jax.tree_util.tree_map(lambda a: a.copy(), tree)
+
+    def run(scan, state, idx_list):
+        for idx in idx_list:
+            state, metrics = scan(state, x, y, idx, key)
+            np.asarray(metrics["loss"])  # Loop copies the losses to the host after each chunk
+        return jax.block_until_ready(state)
+
+    out = {}
+
+    def vmapped():
+        out["vmapped"] = run(scan_stacked, copy(stacked0), vm_idx)
+
+    def sequential():
+        out["sequential"] = [run(scan_single, copy(s), idx) for s, idx in zip(states, alone_idx)]
+
+    def check():
+        """Max |param difference| vmapped vs sequential after the last repetition."""
+        seq = ensemble.stack(out["sequential"])
+        d = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), out["vmapped"].params, seq.params)
+        return max(jax.tree_util.tree_leaves(d))
+
+    return {f"{name}_K{k}_vmapped": vmapped, f"{name}_K{k}_sequential": sequential}, check
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    common.add_common_args(ap, "bench/results/lottery_vmap.json")
+    ap.add_argument("--models", default="mlp,lenet", help="comma list of mlp, lenet")
+    ap.add_argument("--members", default="3,8", help="comma list of K")
+    ap.add_argument("--steps", type=int, default=None, help="steps per level (default 3000; quick 500)")
+    ap.add_argument("--chunk", type=int, default=250, help="steps per compiled call (eval_every)")
+    ap.add_argument("--per_member_order", action="store_true", help="each member its own data order")
+    args = ap.parse_args()
+    q = args.quick
+    args.reps = args.reps or (2 if q else 5)
+    args.warmup = args.warmup if args.warmup is not None else 1
+    args.steps = args.steps or (500 if q else 3000)
+    common.apply_xla_flags(args.xla_flags)
+    import jax  # noqa: F401  (after XLA_FLAGS)
+    import lth_jax  # noqa: F401
+
+    info = common.machine_info()
+    print(f"machine: {info['cpu']}, {info['cpu_count']} cores, load {info['loadavg_start']}, jax {info.get('jax')}, "
+          f"XLA_FLAGS={info['XLA_FLAGS']!r}{'  [QUICK SMOKE RUN]' if q else ''}", flush=True)
+    results = {"machine": info, "quick": q, "args": vars(args), "setups": SETUPS, "cases": {}}
+    table = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for k in [int(v) for v in args.members.split(",") if v.strip()]:
+            cfg = SETUPS[name]
+            print(f"\n== {name} K={k}: {args.steps} steps x batch {cfg['batch']}, chunks of {args.chunk}, "
+                  f"{args.reps} reps", flush=True)
+            fns, check = variants(name, k, args)
+            timings, errors = common.interleaved(fns, args.reps, args.warmup, log=lambda m: print(m, flush=True))
+            vm, sq = timings.get(f"{name}_K{k}_vmapped"), timings.get(f"{name}_K{k}_sequential")
+            case = {"model": cfg["model"], "members": k, "steps": args.steps, "batch": cfg["batch"],
+                    "errors": errors, "vmapped": vm, "sequential": sq}
+            if vm and sq:
+                (vb, vmed), (sb, smed) = common.best_median(vm["times"]), common.best_median(sq["times"])
+                case.update(speedup_best=sb / vb, speedup_median=smed / vmed, max_param_diff=check(),
+                            vmapped_ms_per_step=vmed / args.steps * 1e3,
+                            sequential_ms_per_member_step=smed / args.steps / k * 1e3)
+                table.append([cfg["model"], k, args.steps, common.fmt(vb, 3), common.fmt(vmed, 3),
+                              common.fmt(sb, 3), common.fmt(smed, 3), common.fmt(sb / vb, 2),
+                              common.fmt(smed / vmed, 2), common.fmt(vmed / args.steps * 1e3, 3),
+                              common.fmt(smed / args.steps / k * 1e3, 3), f"{case['max_param_diff']:.1e}"])
+            results["cases"][f"{name}_K{k}"] = case
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+
+    print(f"\n## Lottery level: vmapped members vs sequential{' (QUICK SMOKE RUN: not for comparison)' if q else ''}\n")
+    print(f"{info['cpu']}, {info['cpu_count']} cores; load average start {info['loadavg_start']}, end "
+          f"{results['machine']['loadavg_end']}; jax {info.get('jax')}; data order "
+          f"{'per member' if args.per_member_order else 'shared'}; compile excluded\n")
+    print(common.markdown_table(
+        ["model", "K", "steps", "vmapped s (best)", "vmapped s (med)", "sequential s (best)", "sequential s (med)",
+         "speedup (best)", "speedup (med)", "vmapped ms/step", "alone ms/step/member", "max |dparam|"], table))
+    for key, case in results["cases"].items():
+        for v, e in case["errors"].items():
+            print(f"\n- {v}: failed: {e}")
+    common.write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
