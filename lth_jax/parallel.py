@@ -38,3 +38,9 @@ class DataParallel:
 
     def put(self, tree):
         return jax.device_put(tree, self.replicated)
+
+    def put_members(self, tree):
+        """A stacked ensemble: the leading member axis split over the devices when
+        it divides by their number (each device holds whole members), else replicated."""
+        k = jax.tree_util.tree_leaves(tree)[0].shape[0]
+        return jax.device_put(tree, self.batch if k % self.size == 0 else self.replicated)

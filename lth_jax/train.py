@@ -124,10 +124,15 @@ class Trainer:
                             state, (xs, ys))
 
     def shard(self, x, member_axis: bool = False):
-        """Constrain a batch to the data-parallel sharding (batch axis after any member axis)."""
+        """Constrain a batch to the device mesh: per-member batches (K, B, ...) are
+        split over members when K divides by the device count (each device trains
+        whole members: the ensemble layout), else over the batch axis; a shared
+        batch is split over its batch axis (data parallelism)."""
         if self.batch_sharding is None:
             return x
-        spec = jax.sharding.PartitionSpec(None, "data") if member_axis else jax.sharding.PartitionSpec("data")
+        P = jax.sharding.PartitionSpec
+        devices = self.batch_sharding.mesh.shape["data"]
+        spec = (P("data") if x.shape[0] % devices == 0 else P(None, "data")) if member_axis else P("data")
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.batch_sharding.mesh, spec))
 
     def eval_batch(self, params, batch_stats, x, y, weight):

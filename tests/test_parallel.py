@@ -37,3 +37,46 @@ def test_eight_devices_match_one():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+ENSEMBLE = r"""
+import jax, jax.numpy as jnp, numpy as np
+from configs import train_mnist1d
+from lth_jax import ensemble
+from lth_jax.experiments import common
+from lth_jax.train import create_state, init_variables
+finals = {}
+for data_parallel in (False, True):
+    c = train_mnist1d.get_config()
+    c.data.source.num_samples = 1000
+    c.model.widths = (32,)
+    c.train.batch_size = 40
+    c.train.eval_batch_size = 96
+    c.parallel.data_parallel = data_parallel
+    setup = common.build(c, members=True)
+    states = []
+    for m in range(8):
+        v = init_variables(setup.model, jax.random.key(m), setup.dataset.input_shape)
+        states.append(create_state(v["params"], {}, setup.tx))
+    stacked = ensemble.stack(states)
+    if data_parallel:
+        stacked = setup.dp.put_members(stacked)
+        assert stacked.params["dense_0"]["kernel"].sharding.spec[0] == "data"
+    setup.loop.set_members([(0, m) for m in range(8)])
+    records = []
+    out = setup.loop.run(stacked, 20, 10, jax.random.key(1), on_eval=lambda s, r: records.append(r), progress=False)
+    if data_parallel:
+        shard = out.params["dense_0"]["kernel"].addressable_shards[0]
+        assert shard.data.shape[0] == 1, shard.data.shape  # one whole member per device
+    finals[data_parallel] = (np.asarray(out.params["dense_0"]["kernel"]), np.asarray(records[-1]["test_loss"]))
+np.testing.assert_allclose(finals[True][0], finals[False][0], rtol=1e-4, atol=1e-6)
+np.testing.assert_allclose(finals[True][1], finals[False][1], rtol=1e-5)
+print("OK")
+"""
+
+
+def test_ensemble_members_sharded_over_eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", ENSEMBLE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout

@@ -107,7 +107,7 @@ class Diet:
             v = init_variables(self.setup.model, key, self.setup.dataset.input_shape)
             states.append(create_state(v["params"], v.get("batch_stats", {}), self.setup.tx))
         stacked = ensemble.stack(states)
-        return self.setup.dp.put(stacked) if self.setup.dp else stacked
+        return self.setup.dp.put_members(stacked) if self.setup.dp else stacked
 
     # ---- 1. scoring --------------------------------------------------------------------------
     def score(self) -> dict:

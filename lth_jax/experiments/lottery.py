@@ -84,7 +84,7 @@ class Lottery:
         return at_step(state, step)
 
     def put(self, state):
-        return self.setup.dp.put(state) if self.setup.dp else state
+        return self.setup.dp.put_members(state) if self.setup.dp else state
 
     def data_seed(self, r, copy=None):
         return (self.cfg.seed, r) if copy is None else (self.cfg.seed, r, copy)
