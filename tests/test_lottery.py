@@ -161,7 +161,7 @@ def test_resume_after_crash_mid_level(tmp_path, monkeypatch, capsys, finished):
 
 
 def test_instability_reports_a_barrier(tmp_path):
-    cfg = tiny(lottery__levels=1, lottery__seeds=1, lottery__instability_levels=(1,), lottery__instability_points=5,
+    cfg = tiny(lottery__levels=1, lottery__seeds=1, lottery__instability_levels=(0, 1), lottery__instability_points=5,
                lottery__controls=())
     summary = lottery.run(cfg, str(tmp_path / "inst"), progress=False)
     barrier = summary["levels"][1]["instability_barrier"]
@@ -169,6 +169,7 @@ def test_instability_reports_a_barrier(tmp_path):
     errors = result["instability"]["replicates"][0]["test_error"]
     assert len(errors) == 5 and barrier == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2)
     assert os.path.exists(tmp_path / "inst" / "plots" / "instability.png")
+    assert "instability_barrier" in summary["levels"][0]
 
 
 @pytest.mark.parametrize("over, message", [

@@ -99,8 +99,12 @@ class Lottery:
             done += 1
         return done
 
-    def load_rewind(self, like):
-        return npz.load(self.rundir.file("rewind.npz"), like, what="rewind point")
+    def rewound(self):
+        """The stacked rewind-point variables of every replicate (step k of the dense run)."""
+        v = self.init_params(self.keys["init"])
+        one = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+        return npz.load(self.rundir.file("rewind.npz"), ensemble.stack([one for _ in self.replicates]),
+                        what="rewind point")
 
     # ---- training ------------------------------------------------------------------------
     def train(self, level, state, names, member_seeds, stop_first=None, ckpt=None, records=None):
@@ -144,15 +148,12 @@ class Lottery:
     def level_members(self, level, ticket_final, prev_masks):
         """Stacked initial state, member names and data seeds of a level."""
         k = self.lt.rewind_step
-        variables0 = self.init_params(self.keys["init"])
         if level == 0:
             states = [self.member_state(self.init_params(jax.random.fold_in(self.keys["init"], r)), None, 0)
                       for r in self.replicates]
             return ensemble.stack(states), [f"dense/{r}" for r in self.replicates], \
                 [self.data_seed(r) for r in self.replicates], None
-        rewind = self.load_rewind(ensemble.stack([{"params": variables0["params"],
-                                                   "batch_stats": variables0.get("batch_stats", {})}
-                                                  for _ in self.replicates]))
+        rewind = self.rewound()
         prune, random_like = self._prune, self._random_like
         masks = prune(ticket_final, prev_masks)
         states, names, seeds = [], [], []
@@ -229,7 +230,7 @@ class Lottery:
             prev_masks = ensemble.stack([masks_lib.load(self.mask_path(first - 1, r), example)
                                          for r in self.replicates])
         for level in range(first, self.lt.levels + 1):
-            state, names, seeds, level_masks = self.level_members(level, ticket_final, prev_masks)
+            state, names, seeds, _ = self.level_members(level, ticket_final, prev_masks)
             state = self.put(state)
             # training donates its input buffers: keep a copy where instability needs the start
             start_state = jax.tree_util.tree_map(jnp.copy, state) if level in self.lt.instability_levels else None
@@ -247,9 +248,8 @@ class Lottery:
             prev_masks = ensemble.take(state.mask, np.arange(R))
             result = lottery_report.level_result(level, names, records, state.mask)
             if level in self.lt.instability_levels:
-                if level == 0:
-                    rewound = self.load_rewind(ensemble.stack([{"params": example, "batch_stats": ensemble.take(
-                        start_state.batch_stats, 0)} for _ in self.replicates]))
+                if level == 0:  # the dense net's copies start from the rewind point
+                    rewound = self.rewound()
                     start_state = ensemble.stack([self.member_state(ensemble.take(rewound, r), None,
                                                                     self.lt.rewind_step) for r in self.replicates])
                 result["instability"] = self.instability(level, start_state)

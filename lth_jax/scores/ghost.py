@@ -182,7 +182,9 @@ def plan(apply_fn, variables, x):
     wanted = {"/".join(k) for k in traverse_util.flatten_dict(params)}
     covered = {"/".join(layer.path + (p,)) for layer in found for p in layer.params}
     missing = sorted(wanted - covered)
-    if missing:
+    if missing and not layers:
+        reasons.append("no Dense/Conv/BatchNorm call seen (is apply_fn jax.jit-wrapped, or not a flax model?)")
+    elif missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         reasons.append("not inside a Dense/Conv/BatchNorm call: " + ", ".join(missing[:3]) + more)
     if reasons:
@@ -256,7 +258,7 @@ def _conv_sq_scan(geometry, x, g):
 
     @per_example.def_vmap
     def _fold(axis_size, in_batched, x, g):
-        x, g = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip(in_batched, (x, g)))
+        x, g = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip((x, g), in_batched))
         out = per_example(x.reshape((-1,) + x.shape[2:]), g.reshape((-1,) + g.shape[2:]))
         return out.reshape(axis_size, -1), True
 
