@@ -239,7 +239,7 @@ def torch_setup(name, s, channels_last=False):
             m = _to_torch_layout(name, layer, s["mask"][layer]["kernel"]).astype(np.float32)
             assert tuple(w.shape) == tuple(mod.weight.shape), (layer, w.shape, mod.weight.shape)
             mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            mod.bias.copy_(torch.from_numpy(np.asarray(s["state0"].params[layer]["bias"])))
+            mod.bias.copy_(torch.from_numpy(np.array(s["state0"].params[layer]["bias"])))
             mt = torch.from_numpy(np.ascontiguousarray(m))
             if channels_last and mt.ndim == 4:
                 mt = mt.contiguous(memory_format=torch.channels_last)
@@ -316,7 +316,7 @@ def bench_model(name, args, peak_gflops, log):
         jl, tl = jax_losses(s, args.check_steps), torch_losses(name, s, args.check_steps)
         diff = max(abs(a - b) for a, b in zip(jl, tl))
         result["equivalence"] = {"jax_losses": jl, "torch_losses": tl, "max_abs_diff": diff}
-        log(f"  same-start check, {args.check_steps} steps: jax {['%.5f' % v for v in jl]} "
+        log(f"  same-start check, {len(jl)} steps: jax {['%.5f' % v for v in jl]} "
             f"torch {['%.5f' % v for v in tl]} max |diff| {diff:.2e}")
 
     variants = dict(jax_variants(s))

@@ -54,14 +54,23 @@ class RunDir:
     def finished(self) -> bool:
         return os.path.exists(self.file("summary.json"))
 
-    def start(self, config: dict, overwrite: bool = False) -> bool:
-        """Prepare the folder; returns True when an unfinished run is being resumed."""
+    def start(self, config: dict, overwrite: bool = False, extendable: tuple = ()) -> bool:
+        """Prepare the folder; returns True when an unfinished run is being resumed.
+
+        extendable: (section, key) pairs that may grow on a finished run, e.g.
+        ("lottery", "levels"): the run then continues where it stopped (same
+        numbers as a run started with the larger value)."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LthError(f"workdir {self.path} exists and is not a directory; choose another --workdir")
         existing = self.file("config.json")
         if os.path.exists(existing) and not overwrite:
+            if self.finished and self._extends(read_json(existing), to_json(config), extendable):
+                os.remove(self.file("summary.json"))
+                write_json(existing, config)
+                return True
             if self.finished:
-                raise LthError(f"workdir {self.path} holds a finished run (summary.json); choose a new "
+                more = f" (only {', '.join('.'.join(k) for k in extendable)} may grow to extend it)" if extendable else ""
+                raise LthError(f"workdir {self.path} holds a finished run (summary.json){more}; choose a new "
                                "--workdir, or pass --overwrite to replace it")
             old = read_json(existing)
             if old != to_json(config):
@@ -76,6 +85,21 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
         write_json(existing, config)
         return False
+
+    @staticmethod
+    def _extends(old: dict, new: dict, extendable) -> bool:
+        if old == new or not extendable:
+            return False
+        grown = False
+        for section, key in extendable:
+            a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+            if a != b:
+                if not (isinstance(a, int) and isinstance(b, int) and b > a):
+                    return False
+                grown = True
+        strip = lambda c: {s: ({k: v for k, v in sec.items() if (s, k) not in extendable} if isinstance(sec, dict)
+                               else sec) for s, sec in c.items()}
+        return grown and strip(old) == strip(new)
 
     # metrics.jsonl: one JSON object per logged step
     def append_metrics(self, record: dict, members: list | None = None) -> None:

@@ -193,3 +193,17 @@ def test_report_redraws_plots_from_files(finished):
     os.remove(plot)
     assert report.main([workdir]) == 0
     assert os.path.getsize(plot) > 10_000
+
+
+def test_finished_run_extends_with_more_levels(tmp_path, finished):
+    cfg, _, full = finished
+    short = tiny(lottery__rewind_step=20, lottery__levels=1)
+    workdir = str(tmp_path / "grow")
+    lottery.run(short, workdir, progress=False)
+    grown = lottery.run(cfg, workdir, progress=False)  # levels 1 -> 2 continues the finished run
+    assert [e["level"] for e in grown["levels"]] == [0, 1, 2]
+    np.testing.assert_allclose(grown["levels"][2]["kinds"]["ticket"]["final_test_loss"]["values"],
+                               full["levels"][2]["kinds"]["ticket"]["final_test_loss"]["values"], rtol=1e-6)
+    other = tiny(lottery__rewind_step=20, lottery__levels=3, lottery__fraction=0.3)
+    with pytest.raises(LthError, match="finished run"):
+        lottery.run(other, workdir, progress=False)

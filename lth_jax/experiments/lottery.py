@@ -199,7 +199,7 @@ class Lottery:
 
     # ---- the run -------------------------------------------------------------------------
     def run(self, overwrite=False) -> dict:
-        resuming = self.rundir.start(self.cfg.to_dict(), overwrite)
+        resuming = self.rundir.start(self.cfg.to_dict(), overwrite, extendable=(("lottery", "levels"),))
         ckpt = Checkpointer(self.rundir.file("checkpoints"))
         try:
             return self._run(ckpt, resuming)

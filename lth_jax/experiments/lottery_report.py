@@ -108,8 +108,14 @@ def draw(rundir, summary: dict) -> list:
     if dense:
         axes[0].axhline(100 * dense[0]["kinds"]["dense"]["early_stop_test_accuracy"]["mean"], color="gray",
                         ls="--", lw=1, label="dense")
+    from matplotlib.ticker import FixedLocator, NullFormatter
     for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stopping iteration")):
         ax.set_xscale("log")
+        ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+                 if t >= 0.8 * 100 * min(e["density"] for e in summary["levels"])]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.invert_xaxis()
         ax.set_xlabel("% of weights remaining")
         ax.set_ylabel(label)
