@@ -31,12 +31,17 @@ print("OK", losses[True][-1])
 """
 
 
-def test_eight_devices_match_one():
+def run_on_eight_devices(script: str) -> None:
+    """XLA_FLAGS must be set before jax starts, so each check runs in a fresh process."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_eight_devices_match_one():
+    run_on_eight_devices(SCRIPT)
 
 ENSEMBLE = r"""
 import jax, jax.numpy as jnp, numpy as np
@@ -75,8 +80,4 @@ print("OK")
 
 
 def test_ensemble_members_sharded_over_eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", ENSEMBLE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "OK" in out.stdout
+    run_on_eight_devices(ENSEMBLE)
