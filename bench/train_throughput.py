@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -362,6 +364,7 @@ def bench_model(name, args, peak_gflops, log):
             rows[v]["vs_torch_eager_best"] = rows[v]["examples_per_s_best"] / te["examples_per_s_best"]
             rows[v]["vs_torch_eager_median"] = rows[v]["examples_per_s_median"] / te["examples_per_s_median"]
     result["torch_threads"] = torch.get_num_threads()
+    result["warm_compile_cache"] = args.warm_compile_cache
     return result
 
 
@@ -380,7 +383,8 @@ def print_model_table(res, peak):
     for v, e in res["errors"].items():
         print(f"\n- {v}: not measured: {e}")
     if "torch_compile_s" in res:
-        print(f"\n- torch.compile: compile + first 2 steps took {res['torch_compile_s']:.1f} s")
+        print(f"\n- torch.compile: compile + first 2 steps took {res['torch_compile_s']:.1f} s "
+              f"({'on-disk cache allowed' if res.get('warm_compile_cache') else 'cold: fresh inductor cache'})")
     if "equivalence" in res:
         print(f"- same initial weights/mask/batches: max |loss_jax - loss_torch| over "
               f"{len(res['equivalence']['jax_losses'])} steps = {res['equivalence']['max_abs_diff']:.2e}")
@@ -398,6 +402,8 @@ def main():
     ap.add_argument("--peak_reps", type=int, default=None, help="repetitions of the matmul peak (default 10)")
     ap.add_argument("--no_compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile_timeout", type=int, default=180, help="seconds allowed for torch.compile")
+    ap.add_argument("--warm_compile_cache", action="store_true",
+                    help="let torch.compile use its on-disk cache (default: a fresh cache dir, cold compile time)")
     ap.add_argument("--torch_threads", type=int, default=None,
                     help="torch.set_num_threads (default os.cpu_count()); see README about loaded machines")
     ap.add_argument("--check_steps", type=int, default=3,
@@ -410,6 +416,10 @@ def main():
     args.reps_for = {"lenet": args.reps, "conv6": args.conv6_reps or (2 if q else 5)}
     args.peak_reps = args.peak_reps or (3 if q else 10)
     common.apply_xla_flags(args.xla_flags)
+    cache_tmp = None
+    if not args.warm_compile_cache and not args.no_compile:  # cold torch.compile: a fresh inductor cache
+        cache_tmp = tempfile.mkdtemp(prefix="bench_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_tmp
 
     import jax  # noqa: F401  (after XLA_FLAGS)
     import torch
@@ -443,8 +453,8 @@ def main():
             if r["gflops_best"] > peak_gflops]
     if over:
         print(f"\nNOTE: {', '.join(over)} ran faster than the 'peak' GEMM: the 2048^3 GEMM (both threads) "
-              "under-measures what the cores can do here (e.g. a loaded machine, or the small GEMMs of a step "
-              "running on one core without thread synchronisation).")
+              "under-measures what the cores can do here (a core busy with another process; or a GEMM library "
+              "slower than the one the variant uses, e.g. oneDNN convolutions vs Eigen/MKL GEMM on AMD).")
     for name, res in results["models"].items():
         print_model_table(res, peak_gflops)
 
@@ -464,6 +474,8 @@ def main():
                                     summary))
         print("\nTargets: LeNet >= 2x torch eager and >= 80% of peak; Conv-6 >= torch eager.")
     common.write_json(args.out, results)
+    if cache_tmp:
+        shutil.rmtree(cache_tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
