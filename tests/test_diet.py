@@ -168,3 +168,12 @@ def test_lottery_on_a_data_diet_pretrains_on_the_subset(tmp_path, monkeypatch):
     c.lottery.rewind_step = 0
     with pytest.raises(LthError, match="needs lottery.rewind_step > 0"):
         lottery.run(c, str(tmp_path / "bad"), progress=False)
+
+
+def test_scoring_only_run(tmp_path, capsys):
+    cfg = tiny(diet__fractions=(), diet__full_data=False, diet__score_epochs=0.0,
+               diet__scores=("el2n", "grand", "input_norm"), diet__selections=("random",))
+    summary = diet.run(cfg, str(tmp_path / "scores_only"), progress=False)
+    assert summary["test_accuracy"] == {}
+    assert set(summary["spearman"]) == {"el2n vs grand", "el2n vs input_norm", "grand vs input_norm"}
+    assert "Spearman" in capsys.readouterr().out

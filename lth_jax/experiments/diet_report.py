@@ -38,8 +38,9 @@ def print_summary(summary: dict) -> None:
     fractions = sorted({f for sel in acc.values() for f in sel}, key=float)
     rows = [{"selection": sel, **{f"keep {f}": f"{100 * v[f]['mean']:.2f}±{100 * v[f]['std']:.2f}"
                                   for f in fractions if f in v}} for sel, v in acc.items()]
-    print("test accuracy (%) after training on the kept examples, mean±std over seeds")
-    print(format_table(rows, ["selection"] + [f"keep {f}" for f in fractions]))
+    if rows:
+        print("test accuracy (%) after training on the kept examples, mean±std over seeds")
+        print(format_table(rows, ["selection"] + [f"keep {f}" for f in fractions]))
     if summary["spearman"]:
         print("Spearman correlation of mean scores: " +
               ", ".join(f"{k} {v:+.3f}" for k, v in summary["spearman"].items()))
@@ -65,7 +66,8 @@ def draw(rundir, summary: dict, table: dict, flipped) -> list:
     ax.set_xlabel("% of training examples kept")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if summary["test_accuracy"]:
+        ax.legend()
     path = rundir.file("plots", "accuracy_vs_kept.png")
     save_figure(fig, path)
     paths.append(path)
