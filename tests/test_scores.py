@@ -15,6 +15,10 @@ from lth_jax.scores import ghost
 RTOL = 1e-4
 
 
+def _normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 def _random_variables(model, x, seed=0, members=None):
     """Variables shaped by model.init (traced, not run: no compile), filled
     from numpy: kernels ~ N(0, 1/fan_in), small random biases, BatchNorm
@@ -65,7 +69,7 @@ def _logits_fn(v, x):  # a black-box "model": the inputs are the logits
 
 
 def test_el2n_formula():
-    x = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+    x = _normal(0, (6, 5))
     y = jnp.array([0, 1, 2, 3, 4, 0])
     v = {"params": {"scale": jnp.float32(2.0)}}
     p = jax.nn.softmax(2.0 * x)
@@ -140,7 +144,7 @@ class _Odd(nn.Module):
 
 def test_grand_positions_strides_dilation():
     model = _Odd()
-    x = jax.random.normal(jax.random.PRNGKey(3), (5, 12, 3))
+    x = _normal(3, (5, 12, 3))
     y = jnp.array([0, 1, 2, 3, 6])
     v = _random_variables(model, x)
     f = lambda v, x: model.apply(v, x)
@@ -161,15 +165,16 @@ def test_grand_positions_strides_dilation():
     ],
 )
 def test_conv_kernel_paths_agree(geometry, shape):
-    """The CPU path (per-example weight-gradient convs) and the accelerator
-    path (patches + matmul), both run here, against the explicit per-example
-    kernel gradient."""
+    """The three ways to the per-example conv kernel norm (per-example
+    weight-gradient convs, the CPU default; patches + matmul, the accelerator
+    default; the Gram form, for small late layers), all run here, against
+    the explicit per-example kernel gradient."""
     ks, strides, pads, dilation = geometry
-    x = jax.random.normal(jax.random.PRNGKey(5), (3,) + shape)
-    kernel = jax.random.normal(jax.random.PRNGKey(6), ks + (shape[-1], 5))
+    x = _normal(5, (3,) + shape)
+    kernel = _normal(6, ks + (shape[-1], 5))
     conv = lambda x, k: jax.lax.conv_general_dilated(
         x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    g = jax.random.normal(jax.random.PRNGKey(7), jax.eval_shape(conv, x, kernel).shape)
+    g = _normal(7, jax.eval_shape(conv, x, kernel).shape)
 
     @jax.jit
     def all_ways(x, g):
@@ -177,13 +182,15 @@ def test_conv_kernel_paths_agree(geometry, shape):
         want = jnp.sum(per_example**2, axis=tuple(range(1, per_example.ndim)))
         scan = ghost._conv_sq_scan(geometry, x, g)
         patches = ghost._conv_sq_patches(geometry, x, g)
+        gram = ghost._conv_sq_gram(geometry, x, g)
         # a vmap (ensemble members) folds into the mapped example axis
         both = jax.vmap(lambda x, g: ghost._conv_sq_scan(geometry, x, g))(jnp.stack([x, 2 * x]), jnp.stack([g, g]))
-        return want, scan, patches, both
+        return want, scan, patches, gram, both
 
-    want, scan, patches, both = all_ways(x, g)
+    want, scan, patches, gram, both = all_ways(x, g)
     np.testing.assert_allclose(scan, want, rtol=RTOL)
     np.testing.assert_allclose(patches, want, rtol=RTOL)
+    np.testing.assert_allclose(gram, want, rtol=RTOL)
     np.testing.assert_allclose(both, np.stack([want, 4 * want]), rtol=RTOL)
 
 
@@ -197,13 +204,14 @@ class _Uncovered(nn.Module):
 
 def test_grand_fallback_and_errors():
     model = _Uncovered()
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 6))
+    x = _normal(0, (3, 6))
     y = jnp.array([0, 1, 2])
     v = _random_variables(model, x)
     f = lambda v, x: model.apply(v, x)
     how, why = scores.grand_method(f, v, x, model=model)
     assert how == "vmap" and "shared: called 2 times" in why and "ln/" in why
-    np.testing.assert_allclose(scores.grand(f, v, x, y, model=model), _brute_grand(f, v, x, y), rtol=RTOL)
+    auto = jax.jit(lambda v, x, y: scores.grand(f, v, x, y, model=model))(v, x, y)
+    np.testing.assert_allclose(auto, _brute_grand(f, v, x, y), rtol=RTOL)
     with pytest.raises(LthError, match="can't cover all parameters") as e:
         scores.grand(f, v, x, y, model=model, method="fast")
     assert "\n" not in str(e.value)
@@ -213,13 +221,31 @@ def test_grand_fallback_and_errors():
         scores.grand(f, v, x, y, model=model, method="ghost")
 
 
+class _Remat(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(3, name="output")(jnp.tanh(nn.remat(nn.Dense)(5, name="inner")(x)))
+
+
+def test_grand_inner_transform_falls_back():
+    model = _Remat()
+    x, y = _normal(2, (3, 4)), jnp.array([0, 1, 2])
+    v = _random_variables(model, x)
+    f = lambda v, x: model.apply(v, x)
+    how, why = scores.grand_method(f, v, x, model=model)
+    assert how == "vmap" and "inner transform" in why
+    auto = jax.jit(lambda v, x, y: scores.grand(f, v, x, y, model=model))(v, x, y)
+    np.testing.assert_allclose(auto, _brute_grand(f, v, x, y), rtol=RTOL)
+
+
 def test_grand_jitted_apply_fn_falls_back():
     model, f, v, x, y = _setup("mlp", (6, 6, 1), n=3)
     fj = jax.jit(f)
     fj(v, x)  # a cached trace never calls the interceptor
     how, why = scores.grand_method(fj, v, x, model=model)
     assert how == "vmap" and "jax.jit-wrapped" in why
-    np.testing.assert_allclose(scores.grand(fj, v, x, y, model=model), _brute_grand(f, v, x, y), rtol=RTOL)
+    auto = jax.jit(lambda v, x, y: scores.grand(fj, v, x, y, model=model))(v, x, y)
+    np.testing.assert_allclose(auto, _brute_grand(f, v, x, y), rtol=RTOL)
 
 
 # --- ensembles -------------------------------------------------------------------
@@ -234,7 +260,7 @@ def test_ensemble_chunks_and_members():
     ref = jax.jit(jax.vmap(lambda v: (scores.el2n(f, v, x, y), scores.grand(f, v, x, y, method="vmap"))))
     want, want_g = ref(stacked)
     for chunk in (4, 64):  # 4 doesn't divide 11: padded last chunk; 64 > N: one chunk
-        got = scores.ensemble(scores.el2n, f, stacked, x, y, chunk_size=chunk)
+        got = scores.ensemble(scores.el2n, f, stacked, x, y, chunk_size=chunk, model=model)
         assert got.shape == (3, 11)
         np.testing.assert_allclose(got, want, rtol=1e-5)
     got_g = scores.ensemble(scores.grand, f, stacked, x, y, chunk_size=5, model=model)

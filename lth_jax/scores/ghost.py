@@ -8,28 +8,40 @@ the summed loss with respect to `e` is the output gradient `g` of every
 example at once (examples do not interact in evaluation mode, so example n's
 slice of it is the gradient of example n's own loss). The parameters are
 constants of that gradient: no weight gradient is ever formed. Then, per
-example n (P = positions: 1 for a Dense on (N, D), the output pixels of a
-conv):
+example n (P = positions: 1 for a Dense on (N, D), the other axes of a Dense
+on (N, ..., D), the output pixels of a conv):
 
-- Dense / Conv kernel: grad_n = sum_p a_np (x) g_np, where a_np is the input
-  (for a conv, the input patch under output position p). Its squared norm is
-  |a_n|^2 |g_n|^2 when P == 1; otherwise whichever is cheaper of forming
-  grad_n (a batched matmul) or the Gram form sum_pq (a_np . a_nq)(g_np . g_nq).
+- Dense kernel: grad_n = sum_p a_np (x) g_np (a = the layer's input). P == 1:
+  |a_n|^2 |g_n|^2. Else the cheaper of forming grad_n (batched matmul) and
+  the Gram form sum_pq (a_np . a_nq)(g_np . g_nq).
+- Conv kernel: the same with a_np = the input patch under output position p,
+  computed the cheapest of three ways (estimated from shapes):
+  Gram form with the patch Gram built from the padded input's pixel Gram
+  (small spatial size, many channels: late layers); else on CPU one
+  example at a time, its weight gradient as a channels-last convolution
+  (lax.map; a vmap over it folds into the mapped axis); else (GPU/TPU)
+  patches + batched matmul (`lax.platform_dependent` picks).
 - Dense / Conv bias: |sum_p g_np|^2.
 - BatchNorm (running statistics, so y = xhat * scale + bias per channel):
   scale: |sum_p g_np * xhat_np|^2, bias: |sum_p g_np|^2.
 
-`plan()` decides, from shapes alone (so under jit), whether these layers
-cover every leaf of variables["params"] exactly once; anything else (another
-layer type with parameters, a layer called twice, a Dense/Conv with a mask,
-custom dot_general, groups, input dilation, circular padding, BatchNorm in
-training mode or on a non-last axis, an input whose leading axis is not the
-example axis) makes it return a reason string instead, and the caller falls
-back to vmap(grad).
+`plan()` decides at trace time (shapes only, so it is free under jit)
+whether these layers cover every leaf of variables["params"] exactly once,
+with the shapes the layer implies. Anything else returns a one-line reason
+instead and the caller falls back to vmap(grad): another layer type with
+parameters, a layer called twice, a layer inside a lifted transform
+(nn.remat, nn.scan, ...), a Dense/Conv with a mask, custom dot_general or
+conv function, feature groups, input dilation, circular/reflect/causal
+padding, BatchNorm in training mode or not on the last axis, an input whose
+leading axis is not the N examples, or an apply_fn whose layers the
+interceptor can't see (a jax.jit-wrapped apply_fn replays a cached trace).
 
 Assumption: the leading axis of every intercepted layer's input is the
-example axis (true of every model in lth_jax.models, and of any model that
-keeps examples separate along axis 0).
+example axis and examples do not interact (true of every model in
+lth_jax.models in evaluation mode). A model that mixes examples (e.g.
+reshapes (N, T, D) to (N*T, D) — caught only when N*T's axis isn't N — or
+normalises over the batch) would get wrong fast-path norms: use
+method="vmap" for such models.
 """
 
 from __future__ import annotations
@@ -42,8 +54,10 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
+from flax.core import tracers
 from flax.linen.linear import canonicalize_padding
 from jax import lax
 
@@ -53,13 +67,14 @@ __all__ = ["plan", "sq_norms"]
 
 _PLAIN_CONVS = (None, lax.conv_general_dilated, fast_conv.conv_general_dilated)
 _PLAIN_DOTS = (None, lax.dot_general)
+_BASE = object()  # key in the discovery dict: the trace apply_fn is called in
 
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
     kind: str                 # "dense" | "conv" | "bn"
     path: tuple[str, ...]     # module path inside variables["params"]
-    params: tuple[str, ...]   # the parameter leaves it owns
+    params: tuple[tuple[str, tuple[int, ...]], ...]  # (leaf name, shape) it owns
     out: jax.ShapeDtypeStruct
     geometry: tuple = ()      # conv: (kernel_size, strides, pads, dilation)
 
@@ -116,15 +131,17 @@ def _describe(kind, module, args, kwargs, out, n):
     if not hasattr(x, "ndim") or x.ndim < 2 or x.shape[0] != n:
         return f"{name}: input's leading axis is not the {n} examples"
     geometry = ()
+    d, f = x.shape[-1], out.shape[-1]
     if kind == "dense":
         if module.dot_general_cls is not None or module.dot_general not in _PLAIN_DOTS:
             return f"{name}: Dense with a custom dot_general"
-        params = ("kernel", "bias") if module.use_bias else ("kernel",)
+        params = (("kernel", (d, f)), ("bias", (f,))) if module.use_bias else (("kernel", (d, f)),)
     elif kind == "conv":
         geometry = _conv_geometry(module, x)
         if isinstance(geometry, str):
             return f"{name}: {geometry}"
-        params = ("kernel", "bias") if module.use_bias else ("kernel",)
+        kernel = ("kernel", tuple(geometry[0]) + (d, f))
+        params = (kernel, ("bias", (f,))) if module.use_bias else (kernel,)
     else:
         ura = _arg(args, kwargs, 1, "use_running_average")
         if not (ura if ura is not None else module.use_running_average):
@@ -132,8 +149,12 @@ def _describe(kind, module, args, kwargs, out, n):
         axis = module.axis
         if not (isinstance(axis, int) and axis % x.ndim == x.ndim - 1):
             return f"{name}: BatchNorm over an axis other than the last"
-        params = tuple(p for p, on in (("scale", module.use_scale), ("bias", module.use_bias)) if on)
+        params = tuple((p, (d,)) for p, on in (("scale", module.use_scale), ("bias", module.use_bias)) if on)
     return Layer(kind, tuple(module.path), params, jax.ShapeDtypeStruct(out.shape, out.dtype), geometry)
+
+
+class _NotSeen(Exception):
+    """A planned layer was not called in the run."""
 
 
 def _interceptor(n, layers, perts, captured):
@@ -147,7 +168,11 @@ def _interceptor(n, layers, perts, captured):
         out = next_fun(*args, **kwargs)
         key = "/".join(ctx.module.path)
         if perts is None:
-            layers.setdefault(key, []).append(_describe(kind, ctx.module, args, kwargs, out, n))
+            if tracers.current_trace() != layers[_BASE]:
+                layer = f"{key}: runs inside an inner transform (nn.remat, nn.scan, nn.vmap, ...)"
+            else:
+                layer = _describe(kind, ctx.module, args, kwargs, out, n)
+            layers.setdefault(key, []).append(layer)
             return out
         x = _arg(args, kwargs, 0, "x" if kind == "bn" else "inputs")
         if kind == "bn":
@@ -168,8 +193,13 @@ def plan(apply_fn, variables, x):
     n = x.shape[0]
     # A fresh function each time: jax.eval_shape caches traces by function,
     # and a cached trace would not call the interceptor.
+    def discover(v, x):
+        layers[_BASE] = tracers.current_trace()
+        return apply_fn(v, x)
+
     with nn.intercept_methods(_interceptor(n, layers, None, None)):
-        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, x)
+        jax.eval_shape(discover, variables, x)
+    del layers[_BASE]
     found, reasons = [], []
     for key, calls in layers.items():
         if len(calls) != 1:
@@ -179,24 +209,27 @@ def plan(apply_fn, variables, x):
         else:
             found.append(calls[0])
     params = variables.get("params", {}) if hasattr(variables, "get") else {}
-    wanted = {"/".join(k) for k in traverse_util.flatten_dict(params)}
-    covered = {"/".join(layer.path + (p,)) for layer in found for p in layer.params}
-    missing = sorted(wanted - covered)
+    wanted = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
+    covered = {"/".join(layer.path + (p,)): shape for layer in found for p, shape in layer.params}
+    missing = sorted(set(wanted) - set(covered))
     if missing and not layers:
         reasons.append("no Dense/Conv/BatchNorm call seen (is apply_fn jax.jit-wrapped, or not a flax model?)")
     elif missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         reasons.append("not inside a Dense/Conv/BatchNorm call: " + ", ".join(missing[:3]) + more)
+    odd = sorted(k for k in set(wanted) & set(covered) if wanted[k] != covered[k])
+    if odd:  # e.g. layers under nn.scan: stacked parameters, one traced call
+        reasons.append(f"{odd[0]}: parameter shape {wanted[odd[0]]} is not the layer's {covered[odd[0]]}")
     if reasons:
         return "; ".join(reasons)
     found = tuple(found)
-    # The run must see the same calls (it would not if apply_fn were, e.g.,
-    # a jax.jit-wrapped function whose cached trace skips the interceptor).
-    captured: dict = {}
-    perts = {"/".join(l.path): jnp.zeros(l.out.shape, l.out.dtype) for l in found}
-    with nn.intercept_methods(_interceptor(n, None, perts, captured)):
-        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, x)
-    if set(captured) != set(perts):
+    # Dry run (shapes only) of the real computation: it must see the same
+    # calls (a jax.jit-wrapped apply_fn's cached trace would skip the
+    # interceptor).
+    y = jax.ShapeDtypeStruct((n,), jnp.int32)
+    try:
+        jax.eval_shape(lambda v, x, y: sq_norms(apply_fn, v, x, y, found), variables, x, y)
+    except _NotSeen:
         return "apply_fn does not call its layers visibly on every trace (is it jax.jit-wrapped?)"
     return found
 
@@ -265,7 +298,49 @@ def _conv_sq_scan(geometry, x, g):
     return per_example(x, g)
 
 
+def _conv_sq_gram(geometry, x, g):
+    """Conv kernel, Gram form without patches: |grad_n|^2 = sum_pq
+    (a_np . a_nq)(g_np . g_nq), and the patch Gram a_np . a_nq is a sum over
+    kernel offsets o of the padded input's pixel Gram S[p + o, q + o]. Cheap
+    when the spatial size is small and the channels many (late layers)."""
+    ks, strides, pads, dilation = geometry
+    n, o = g.shape[0], g.shape[-1]
+    xp = lax.pad(x.astype(g.dtype), jnp.zeros((), g.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+    sp, out = xp.shape[1:-1], g.shape[1:-1]
+    xf = xp.reshape(n, -1, xp.shape[-1])
+    pixel_gram = jnp.einsum("nuc,nvc->nuv", xf, xf).reshape((n,) + sp + sp)
+    patch_gram = None
+    for offset in itertools.product(*(range(k) for k in ks)):
+        start = [k * d for k, d in zip(offset, dilation)]
+        limit = [st + (h - 1) * s + 1 for st, h, s in zip(start, out, strides)]
+        piece = lax.slice(pixel_gram, [0] + start + start, [n] + limit + limit, [1] + list(strides) * 2)
+        patch_gram = piece if patch_gram is None else patch_gram + piece
+    p = math.prod(out)
+    gf = g.reshape(n, p, o)
+    out_gram = jnp.einsum("npo,nqo->npq", gf, gf)
+    return jnp.sum(patch_gram.reshape(n, p, p) * out_gram, axis=(1, 2))
+
+
+# Cost of one element of a strided slice-add of the pixel Gram, in
+# multiply-adds (measured on XLA:CPU: Conv-6's 16x16 layers are 3x slower
+# in Gram form despite fewer multiply-adds; its 8x8 layers 5x faster).
+_SLICE_COST = 128
+
+
+def _conv_costs(geometry, x_shape, g_shape):
+    """Estimated cost per example: (explicit per-example gradient, Gram form)."""
+    ks, _, pads, _ = geometry
+    c, o = x_shape[-1], g_shape[-1]
+    p = math.prod(g_shape[1:-1])
+    sp = math.prod(h + lo + hi for h, (lo, hi) in zip(x_shape[1:-1], pads))
+    k = math.prod(ks)
+    return p * k * c * o, sp * sp * c + p * p * o + _SLICE_COST * k * p * p
+
+
 def _conv_kernel_sq(geometry, x, g):
+    explicit, gram = _conv_costs(geometry, x.shape, g.shape)
+    if gram < explicit:
+        return _conv_sq_gram(geometry, x, g)
     return lax.platform_dependent(
         x, g,
         cpu=functools.partial(_conv_sq_scan, geometry),
@@ -288,20 +363,22 @@ def _outer_sq(a, g):
 
 
 def _layer_sq(layer, x, g):
+    x, g = x.astype(jnp.float32), g.astype(jnp.float32)  # low-precision models: norms in f32
     n = g.shape[0]
     total = jnp.zeros((n,), jnp.float32)
     c = g.shape[-1]
     gp = g.reshape(n, -1, c)
-    if "bias" in layer.params:
+    names = {p for p, _ in layer.params}
+    if "bias" in names:
         total += jnp.sum(jnp.square(jnp.sum(gp, axis=1)), axis=1)
     if layer.kind == "bn":
-        if "scale" in layer.params:
+        if "scale" in names:
             s = jnp.sum(gp * x.reshape(n, -1, c), axis=1)
             total += jnp.sum(jnp.square(s), axis=1)
         return total
     if layer.kind == "conv":
         return total + _conv_kernel_sq(layer.geometry, x, g)
-    return total + _outer_sq(x.reshape(n, -1, x.shape[-1]).astype(g.dtype), gp)
+    return total + _outer_sq(x.reshape(n, -1, x.shape[-1]), gp)
 
 
 def sq_norms(apply_fn, variables, x, y, layers):
@@ -318,6 +395,8 @@ def sq_norms(apply_fn, variables, x, y, layers):
         return jnp.sum(ce), captured
 
     grads, captured = jax.grad(loss, has_aux=True)(perts)
+    if set(captured) != set(perts):
+        raise _NotSeen()
     total = jnp.zeros((n,), jnp.float32)
     for layer in layers:
         key = "/".join(layer.path)
