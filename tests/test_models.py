@@ -334,3 +334,13 @@ def test_model_gradients_fast_equal_plain_in_scan_and_vmap(tiny_resnet):
     g_fast, g_plain = grads(build(True)), grads(build(False))
     for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_plain)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_matches_flax_max_pool_and_its_gradient():
+    import flax.linen as nn
+    from lth_jax.models.common import max_pool_2x2
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 7, 9, 4)).astype(np.float32))
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.grad(lambda v: jnp.sum(max_pool_2x2(v) ** 2))(x)
+    np.testing.assert_array_equal(g, jax.grad(lambda v: jnp.sum(ref(v) ** 2))(x))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 
 from lth_jax.models import fast_conv
@@ -26,4 +24,13 @@ def batch_norm(train: bool, **kw) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kw)
 
 
-max_pool_2x2 = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+def max_pool_2x2(x):
+    """2x2 max-pool, stride 2, VALID (odd edges dropped), as nn.max_pool.
+
+    Written as reshape-then-max because XLA:CPU's gradient of reduce_window
+    (select-and-scatter) was 3.3x slower here (269 vs 82 ms on
+    (128, 32, 32, 64)). Where several inputs tie for the maximum the gradient
+    is shared among them instead of going to one (both are subgradients)."""
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
