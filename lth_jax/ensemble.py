@@ -19,7 +19,3 @@ def unstack(tree) -> list:
 def take(tree, i):
     """Member i (or the members selected by an index array) of a stacked pytree."""
     return jax.tree_util.tree_map(lambda x: x[i], tree)
-
-
-def size(tree) -> int:
-    return jax.tree_util.tree_leaves(tree)[0].shape[0]

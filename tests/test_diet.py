@@ -177,3 +177,12 @@ def test_scoring_only_run(tmp_path, capsys):
     assert summary["test_accuracy"] == {}
     assert set(summary["spearman"]) == {"el2n vs grand", "el2n vs input_norm", "grand vs input_norm"}
     assert "Spearman" in capsys.readouterr().out
+
+
+def test_stack_take_unstack_roundtrip():
+    trees = [{"a": jnp.full((2,), i), "b": {"c": jnp.full((3, 1), 10 * i)}} for i in range(3)]
+    stacked = ensemble.stack(trees)
+    assert stacked["b"]["c"].shape == (3, 3, 1)
+    assert int(ensemble.take(stacked, 2)["a"][0]) == 2
+    for a, b in zip(ensemble.unstack(stacked), trees):
+        np.testing.assert_array_equal(a["b"]["c"], b["b"]["c"])

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import numpy as np
 
 from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
@@ -90,7 +89,3 @@ def seed_keys(seed: int) -> dict:
     """Named keys derived from config.seed, the only source of randomness."""
     root = jax.random.key(seed)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(("init", "augment", "prune", "control"))}
-
-
-def scalar(x) -> float:
-    return float(np.mean(np.asarray(x)))
