@@ -5,7 +5,7 @@ from typing import Sequence
 
 import optax
 
-from lth_jax.errors import LthError, check, unknown
+from lth_jax.errors import check, unknown
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")

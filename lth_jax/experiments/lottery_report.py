@@ -1,7 +1,6 @@
 """Per-level results, the summary, the table and the plots of a lottery run."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
