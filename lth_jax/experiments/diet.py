@@ -100,6 +100,8 @@ class Diet:
             ds.y_train = noisy
             self.setup.loop.replace_labels(noisy)
         self.apply_fn = lambda v, x: self.setup.model.apply(v, x, train=False)
+        # compiled once: forgetting events evaluate the whole training set at every evaluation
+        self._member_logits = jax.jit(jax.vmap(self.apply_fn, in_axes=(0, None)))
 
     def member_states(self, keys):
         states = []
@@ -152,10 +154,9 @@ class Diet:
 
     def correct(self, state, x, y) -> np.ndarray:
         """(K, N) bool: which training examples each member classifies correctly."""
-        logits_fn = jax.jit(jax.vmap(lambda v, xb: self.apply_fn(v, xb), in_axes=(0, None)))
         out = []
         for i in range(0, len(x), 2048):
-            out.append(np.asarray(logits_fn(state.variables, x[i:i + 2048]).argmax(-1)) == y[None, i:i + 2048])
+            out.append(np.asarray(self._member_logits(state.variables, x[i:i + 2048]).argmax(-1)) == y[None, i:i + 2048])
         return np.concatenate(out, 1)
 
     # ---- 2. subsets ------------------------------------------------------------------------
