@@ -1,58 +1,120 @@
 """Run an experiment from an ml_collections config.
 
     python main.py --config configs/X.py --workdir DIR [--config.a.b=value] [--overwrite]
+
+Exit codes: 0 done; 2 bad input (one line on stderr, nothing in the workdir
+created or deleted); 3 training diverged; 130 interrupted (Ctrl-C), resumable.
 """
 import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FLAGS = flags.FLAGS
+DEFAULT_CONFIG = os.path.join(HERE, "configs", "default.py")
 
 
-def define_flags(argv) -> None:
-    """Define the flags; an override of a key the config lacks gets one line, not a traceback."""
+class BadInput(Exception):
+    """A command line we refuse; the message is the one line to print."""
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().strip("\"'")
+    return (text.splitlines() or [type(e).__name__])[0]
+
+
+def parse(argv):
+    """(config, workdir, overwrite, progress) from the command line, or BadInput."""
+    fv = flags.FlagValues()
     try:
-        config_flags.DEFINE_config_file("config", os.path.join(HERE, "configs", "default.py"),
-                                        "experiment config file", lock_config=True)
-    except (AttributeError, KeyError) as e:
+        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file", flag_values=fv,
+                                        lock_config=True)
+        flags.DEFINE_string("workdir", "runs/default", "where the run's files go; an unfinished run there is "
+                            "resumed", flag_values=fv)
+        flags.DEFINE_bool("overwrite", False, "replace the lth_jax run in --workdir", flag_values=fv)
+        flags.DEFINE_bool("progress", True, "progress bars (on a terminal) or one line per evaluation",
+                          flag_values=fv)
+        if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+            raise SystemExit(print(__doc__ + "\n" + fv.get_help()))
+        rest = fv(argv)
+        if len(rest) > 1:
+            raise BadInput(f"unexpected arguments: {' '.join(rest[1:])}; options are --config, --config.KEY=VALUE, "
+                           "--workdir, --overwrite, --noprogress")
+        cfg = fv.config
+        cfg.experiment  # an unloadable config file raises here
+    except BadInput:
+        raise
+    except SyntaxError as e:
+        raise BadInput(f"the config file {e.filename} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except (KeyError, AttributeError) as e:
         keys = [m.group(1) for a in argv if (m := re.match(r"--config\.([\w.]+)=?", a))]
-        print(f"error: the config has no key {str(e).strip(chr(34)+chr(39))!r} (overrides given: "
-              f"{', '.join(keys)}); check the spelling against the config file", file=sys.stderr)
-        sys.exit(2)
-    flags.DEFINE_string("workdir", "runs/default", "where the run's files go; an unfinished run there is resumed")
-    flags.DEFINE_bool("overwrite", False, "replace a finished run in --workdir")
-    flags.DEFINE_bool("progress", True, "show progress bars")
+        raise BadInput(f"the config has no key {first_line(e)!r} (overrides given: {', '.join(keys) or 'none'}); "
+                       "check the spelling against configs/base.py") from None
+    except flags.Error as e:
+        raise BadInput(f"{first_line(e)}; see python main.py --helpfull") from None
+    except (OSError, ImportError, TypeError, ValueError) as e:
+        raise BadInput(f"cannot load --config: {first_line(e)}") from None
+    return cfg, fv.workdir, fv.overwrite, fv.progress
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+def check_ignored_sections(cfg) -> None:
+    """A key set in a section the chosen experiment does not read is an error."""
+    sys.path.insert(0, HERE)
+    from configs import base
     from lth_jax import experiments
+    defaults = base.get_config()
+    for section in experiments.IGNORED_SECTIONS.get(cfg.experiment, ()):
+        ours, default = cfg[section].to_dict(), defaults[section].to_dict()
+        for key in sorted(ours):
+            if ours[key] != default.get(key):
+                raise BadInput(f"{section}.{key} is set, but the {cfg.experiment} experiment does not read the "
+                               f"{section} section; remove it, or choose the experiment that uses it")
+
+
+def main(argv) -> int:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    try:
+        cfg, workdir, overwrite, progress = parse(argv)
+        from lth_jax import experiments
+        experiment = experiments.get(cfg.experiment)
+        check_ignored_sections(cfg)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted before the run started", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- LthError from experiments.get
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return 2
+    return run(experiment, cfg, workdir, overwrite, progress)
+
+
+def run(experiment, cfg, workdir, overwrite, progress) -> int:
     from lth_jax.errors import LthError
     from lth_jax.loop import Diverged
+    from lth_jax.stages import POSITION, Interrupted
     try:
-        cfg = FLAGS.config
-        experiment = cfg.experiment
-    except OSError as e:
-        print(f"error: cannot load --config: {str(e).splitlines()[-1].strip()}", file=sys.stderr)
-        return 2
-    try:
-        experiments.get(experiment).run(cfg, FLAGS.workdir, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+        experiment.run(cfg, workdir, overwrite=overwrite, progress=progress)
     except LthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
-        print(f"error: {e}; the last good checkpoint is kept in {FLAGS.workdir}/checkpoints; lower the "
-              "learning rate or check the data, then start a new --workdir", file=sys.stderr)
+        print(f"error: {e}; lower optimizer.learning_rate or check the data, then start a new --workdir",
+              file=sys.stderr)
         return 3
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        where = (f"during {POSITION['label']} (last evaluation: step {POSITION['step']})" if POSITION["label"]
+                 else "before training started")
+        print(f"interrupted {where}; run the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 
 if __name__ == "__main__":
-    define_flags(sys.argv)
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main(sys.argv))

@@ -11,7 +11,13 @@ def get_config():
     c.data.name = "mnist1d"          # mnist1d | fashion_mnist | mnist | cifar10 | cifar100 | tfds:NAME
     c.data.data_dir = ""             # IDX folder or tfds data_dir; "" = the source's default
     c.data.validation_size = 500     # held out of train; the early-stopping split
-    c.data.source = config_dict.ConfigDict()  # source options, e.g. num_samples for mnist1d
+    c.data.source = config_dict.ConfigDict()  # source options; None = the source's default
+    c.data.source.num_train = config_dict.placeholder(int)    # keep the first n training examples
+    c.data.source.num_test = config_dict.placeholder(int)     # keep the first n test examples
+    c.data.source.num_samples = config_dict.placeholder(int)  # mnist1d: examples generated (default 5000)
+    c.data.source.data_seed = config_dict.placeholder(int)    # mnist1d: the generator's seed (default 42)
+    c.data.source.train_split = config_dict.placeholder(object)  # mnist1d: share for train (0.8); tfds: split name
+    c.data.source.test_split = config_dict.placeholder(str)   # tfds: split name (default "test")
 
     c.model = config_dict.ConfigDict()
     c.model.name = "mlp"

@@ -1,21 +1,36 @@
 """Orbax checkpoints of a training state plus a small JSON of loop metadata.
 
 Orbax writes each step to a temporary folder and renames it when complete, so
-a crash never leaves a half-written checkpoint that a resume would read.
+a crash never leaves a half-written checkpoint that a resume would read. A
+checkpoint damaged afterwards (a truncated array file, a broken manifest) is
+moved to `damaged/` beside the checkpoints and the previous one is used
+instead, with one warning line: `restore_latest` never raises on damage.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
+from lth_jax.files import kill_point
+
 
 class Checkpointer:
-    def __init__(self, directory: str, max_to_keep: int = 2):
+    def __init__(self, directory: str, max_to_keep: int = 2, tag: str = ""):
         self.directory = os.path.abspath(directory)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.tag = tag  # names this checkpointer's kill points (crash tests)
+        self.max_to_keep = max_to_keep
+        self.manager = self._manager()
+
+    def _manager(self):
+        return ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True))
+
+    def steps(self) -> list:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -24,6 +39,7 @@ class Checkpointer:
         self.manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})), force=True)
         self.manager.wait_until_finished()
+        kill_point(f"checkpoint:{self.tag}:{int(step)}")
 
     def restore(self, like, step: int | None = None):
         """(state, meta) of `step` (default: the latest); `like` gives structure and shardings."""
@@ -32,6 +48,34 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def restore_latest(self, like, label: str = "checkpoint"):
+        """(step, state, meta) of the newest checkpoint that reads back whole, or
+        None when there is none. Damaged ones are moved aside with a warning."""
+        for step in reversed(self.steps()):
+            try:
+                state, meta = self.restore(like, step)
+                if int(meta.get("step", -1)) != step:
+                    raise ValueError(f"its metadata names step {meta.get('step')}")
+                return step, state, meta
+            except Exception as e:  # noqa: BLE001 -- any failure to read back means damage
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                moved = self._set_aside(step)
+                print(f"warning: {label} at step {step} is damaged ({type(e).__name__}: {reason}); "
+                      f"moved to {moved}, using the one before it", file=sys.stderr)
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        target = os.path.join(os.path.dirname(self.directory), "damaged", f"{os.path.basename(self.directory)}_{step}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        n = 0
+        while os.path.exists(target + (f".{n}" if n else "")):
+            n += 1
+        target += f".{n}" if n else ""
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.close()
+        self.manager = self._manager()
+        return target
 
     def close(self):
         self.manager.close()

@@ -3,6 +3,7 @@ tracking, divergence detection and a progress bar."""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable
 
 import jax
@@ -15,11 +16,36 @@ from lth_jax.train import Trainer, TrainState, batch_indices, pad_batches
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; `step` is the last good step."""
+    """Training stopped: the loss became non-finite or grew beyond `Guard.FACTOR`
+    times the loss of the first step. `step` is the last step whose evaluation
+    was completed (the start of the chunk that diverged)."""
 
-    def __init__(self, step: int):
-        super().__init__(f"training diverged (non-finite loss) after step {step}")
-        self.step = step
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"training diverged after step {step} ({reason})")
+        self.step, self.reason = step, reason
+
+
+class Guard:
+    """Stops a run whose training loss is non-finite, or larger than FACTOR x
+    max(1, the loss of its first step), per member. `reference` is that first
+    loss (kept in checkpoints so a resumed run applies the same bound)."""
+
+    FACTOR = 1e3
+
+    def __init__(self, reference=None):
+        self.reference = None if reference is None else np.asarray(reference, np.float64)
+
+    def check(self, step: int, losses) -> None:
+        losses = np.asarray(losses, np.float64)
+        if not np.all(np.isfinite(losses)):
+            raise Diverged(step, "the training loss is not finite")
+        if self.reference is None:
+            self.reference = losses[0]
+        bound = self.FACTOR * np.maximum(np.abs(self.reference), 1.0)
+        if np.any(losses > bound):
+            worst = float(losses.max())
+            raise Diverged(step, f"the training loss reached {worst:.3g}, over {self.FACTOR:g} x the first "
+                                 f"step's {float(np.max(self.reference)):.3g}")
 
 
 class Loop:
@@ -105,36 +131,49 @@ class Loop:
         return out
 
     def run(self, state: TrainState, stop: int, eval_every: int, key, *, on_eval: Callable = None,
-            progress: bool | str = True) -> TrainState:
+            progress: bool | str = True, guard: Guard | None = None) -> TrainState:
         """Train up to step `stop`, evaluating at every multiple of `eval_every` and at `stop`.
 
         on_eval(state, record) is called after each evaluation (log, checkpoint);
         record = {"step", "train_loss", "train_accuracy", "<set>_loss", ...}, with
-        per-member arrays when the trainer has members.
+        per-member arrays when the trainer has members. `guard` (a fresh Guard by
+        default) raises Diverged before on_eval sees a diverged chunk. Progress:
+        a bar when stderr is a terminal, else one line per evaluation on stdout.
+        The input `state` is donated (its buffers are reused): keep a copy if you need it.
         """
         check(eval_every >= 1, f"eval_every must be >= 1, got {eval_every}")
+        guard = Guard() if guard is None else guard
         start = int(np.asarray(state.step).reshape(-1)[0])
         desc = progress if isinstance(progress, str) else "train"
-        bar = tqdm(total=stop, initial=start, desc=desc, disable=not progress, leave=False,
+        bar_wanted = bool(progress) and sys.stderr.isatty()
+        bar = tqdm(total=stop, initial=start, desc=desc, disable=not bar_wanted, leave=False,
                    unit="step", dynamic_ncols=True)
         step = start
         try:
             while step < stop:
                 nxt = min(stop, (step // eval_every + 1) * eval_every)
                 state, metrics = self.run_chunk(state, nxt, key)
+                guard.check(step, metrics["loss"])
                 losses = np.asarray(metrics["loss"])
-                if not np.all(np.isfinite(losses)):
-                    raise Diverged(step)
                 record = {"step": nxt, "train_loss": losses.mean(0), "train_accuracy":
                           np.asarray(metrics["accuracy"]).mean(0), **self.evaluate(state)}
                 bar.update(nxt - step)
                 bar.set_postfix(loss=float(np.mean(record["train_loss"])))
+                if progress and not bar_wanted:
+                    print(progress_line(desc, record, stop), flush=True)
                 step = nxt
                 if on_eval is not None:
                     on_eval(state, record)
         finally:
             bar.close()
         return state
+
+
+def progress_line(desc: str, record: dict, stop: int) -> str:
+    """One log line for an evaluation (means over members)."""
+    shown = ", ".join(f"{k} {float(np.mean(v)):.4f}" for k, v in record.items()
+                      if k.endswith(("_loss", "_accuracy")))
+    return f"{desc}: step {record['step']}/{stop}: {shown}"
 
 
 def early_stop(records: list, key: str = "val_loss") -> dict:

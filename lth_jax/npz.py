@@ -1,33 +1,21 @@
 """Pytrees as .npz files keyed by '/'-joined paths, written atomically."""
 from __future__ import annotations
 
-import io
-import os
-
 import jax.numpy as jnp
 import numpy as np
 
+from lth_jax import files
 from lth_jax.errors import LthError
 from lth_jax.masks import map_named, named_leaves
 
 
 def save(path: str, tree, dtype=None) -> None:
-    arrays = {n: np.asarray(v, dtype=dtype) for n, v in named_leaves(tree).items()}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    files.write_npz(path, {n: np.asarray(v, dtype=dtype) for n, v in named_leaves(tree).items()})
 
 
 def load(path: str, like, dtype=None, what: str = "file"):
     """Read into the structure of `like`; names and shapes must match."""
-    if not os.path.exists(path):
-        raise LthError(f"{what} {path} does not exist; give the path of a .npz written by lth_jax")
-    with np.load(path) as data:
-        stored = {k: data[k] for k in data.files}
+    stored = files.read_npz(path, what)
     wanted = named_leaves(like)
     missing = sorted(set(wanted) - set(stored))
     extra = sorted(set(stored) - set(wanted))

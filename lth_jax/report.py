@@ -16,11 +16,8 @@ def _pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    _pyplot().close(fig)
+    from lth_jax.files import save_figure as write
+    write(fig, path)
 
 
 def plot_curves(records: list, path: str, title: str = "") -> None:
@@ -31,7 +28,7 @@ def plot_curves(records: list, path: str, title: str = "") -> None:
     sets = [k[: -len("_loss")] for k in records[0] if k.endswith("_loss")]
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for s in sets:
-            ax.plot(steps, [np.mean(r[f"{s}_{metric}"]) for r in records], label=s)
+            ax.plot(steps, [np.mean(np.asarray(r[f"{s}_{metric}"], np.float64)) for r in records], label=s)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -61,28 +58,49 @@ def print_table(rows: list, title: str = "", columns: list | None = None) -> Non
     print(format_table(rows, columns))
 
 
+def print_outputs(workdir: str, names: list) -> None:
+    """The closing lines of a run: where its results are and how to redraw them."""
+    print(f"results: {', '.join(os.path.join(workdir, n) for n in names)}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}; "
+          f"redraw the plots: python -m lth_jax.report {workdir}")
+
+
 def redraw(workdir: str) -> list:
     """Redraw the plots of a run from its files; returns the written paths."""
-    from lth_jax.workdir import RunDir, read_json
+    from lth_jax.errors import LthError
+    from lth_jax.files import read_json, read_jsonl
+    from lth_jax.workdir import RunDir, is_run
     rundir = RunDir(workdir)
-    if not os.path.exists(rundir.file("config.json")):
-        raise SystemExit(f"{workdir} is not a lth_jax workdir (no config.json)")
+    if not is_run(rundir.path):
+        raise LthError(f"{workdir} is not a lth_jax workdir (no config.json)")
     config = read_json(rundir.file("config.json"))
     experiment = config.get("experiment", "train")
+    if experiment != "train" and not rundir.finished:
+        raise LthError(f"{workdir} holds an unfinished {experiment} run (no summary.json); finish it by running "
+                       "the same main.py command again, then redraw")
     if experiment == "train":
+        records = read_jsonl(rundir.file("metrics.jsonl"))
+        if not records:
+            raise LthError(f"{workdir} has no evaluations in metrics.jsonl yet; nothing to draw")
         path = rundir.file("plots", "curves.png")
-        plot_curves(rundir.read_metrics(), path, title=f"{config['model']['name']} on {config['data']['name']}")
+        plot_curves(records, path, title=f"{config['model']['name']} on {config['data']['name']}")
         return [path]
     from lth_jax import experiments
     return experiments.get(experiment).redraw(rundir, config)
 
 
 def main(argv=None) -> int:
+    from lth_jax.errors import LthError
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m lth_jax.report WORKDIR", file=sys.stderr)
         return 2
-    for path in redraw(argv[0]):
+    try:
+        paths = redraw(argv[0])
+    except LthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

@@ -1,43 +1,20 @@
-"""A run's folder: config.json, metrics.jsonl, summary.json, TensorBoard events.
-
-Every file is written atomically (temporary file, then rename), so a crash
-leaves either the old or the new version, never half of one.
-"""
+"""A run's folder: config.json, summary.json, TensorBoard events, and the stage
+folders (see `lth_jax.stages`). Deciding what to do with a --workdir (start,
+resume, extend, replace or refuse) happens here and nowhere else."""
 from __future__ import annotations
 
-import json
 import os
+import shutil
 
 import numpy as np
 
 from lth_jax.errors import LthError
+from lth_jax.files import read_json, to_json, write_json
 
 
-def to_json(value):
-    """JSON-ready copy: numpy / jax scalars and arrays become Python numbers and lists."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        arr = np.asarray(value)
-        return arr.item() if arr.ndim == 0 else arr.tolist()
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    return value
-
-
-def write_json(path: str, value) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_json(value), f, indent=2, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+def is_run(path: str) -> bool:
+    """A folder holds a run of lth_jax when it has config.json."""
+    return os.path.isfile(os.path.join(path, "config.json"))
 
 
 class RunDir:
@@ -57,33 +34,43 @@ class RunDir:
     def start(self, config: dict, overwrite: bool = False, extendable: tuple = ()) -> bool:
         """Prepare the folder; returns True when an unfinished run is being resumed.
 
+        Only a folder holding a run of lth_jax (config.json) is ever resumed or,
+        with `overwrite`, replaced; any other non-empty folder is refused.
         extendable: (section, key) pairs that may grow on a finished run, e.g.
         ("lottery", "levels"): the run then continues where it stopped (same
         numbers as a run started with the larger value)."""
+        config = to_json(config)
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LthError(f"workdir {self.path} exists and is not a directory; choose another --workdir")
+        if os.path.isdir(self.path) and not is_run(self.path) and os.listdir(self.path):
+            raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no config.json); "
+                           "nothing there is touched: choose a new or empty --workdir")
         existing = self.file("config.json")
-        if os.path.exists(existing) and not overwrite:
-            if self.finished and self._extends(read_json(existing), to_json(config), extendable):
+        if is_run(self.path) and not overwrite:
+            old = read_json(existing)
+            if self.finished and self._extends(old, config, extendable):
                 os.remove(self.file("summary.json"))
                 write_json(existing, config)
                 return True
             if self.finished:
-                more = f" (only {', '.join('.'.join(k) for k in extendable)} may grow to extend it)" if extendable else ""
-                raise LthError(f"workdir {self.path} holds a finished run (summary.json){more}; choose a new "
+                how = (f"raise {' or '.join('.'.join(k) for k in extendable)} to extend it, "
+                       if extendable else "")
+                raise LthError(f"workdir {self.path} holds a finished run (summary.json); {how}choose a new "
                                "--workdir, or pass --overwrite to replace it")
-            old = read_json(existing)
-            if old != to_json(config):
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != to_json(config).get(k))
+            if old != config:
+                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 raise LthError(f"workdir {self.path} holds an unfinished run with a different config "
                                f"(differs in: {', '.join(changed)}); resume it with the same config, or "
                                "choose a new --workdir, or pass --overwrite")
             return True
-        if overwrite and os.path.isdir(self.path):
-            import shutil
-            shutil.rmtree(self.path)
-        os.makedirs(self.path, exist_ok=True)
-        write_json(existing, config)
+        try:
+            if overwrite and is_run(self.path):
+                shutil.rmtree(self.path)
+            os.makedirs(self.path, exist_ok=True)
+            write_json(existing, config)
+        except OSError as e:
+            raise LthError(f"cannot create workdir {self.path}: {e.strerror or e}; choose a --workdir "
+                           "you can write to") from None
         return False
 
     @staticmethod
@@ -101,17 +88,13 @@ class RunDir:
                                else sec) for s, sec in c.items()}
         return grown and strip(old) == strip(new)
 
-    # metrics.jsonl: one JSON object per logged step
-    def append_metrics(self, record: dict, members: list | None = None) -> None:
-        """Append one record; numbers also go to TensorBoard under record["tag"]/
-        (per-member arrays as tag/member/metric when `members` names them)."""
-        with open(self.file("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(to_json(record)) + "\n")
-            f.flush()
-        prefix = f"{record['tag']}/" if record.get("tag") else ""
+    def log_tensorboard(self, record: dict, prefix: str = "", members: list | None = None) -> None:
+        """Numbers of a metrics record to TensorBoard under prefix/ (per-member
+        arrays as prefix/member/metric when `members` names them)."""
         writer = self.tensorboard()
+        prefix = f"{prefix}/" if prefix else ""
         for k, v in record.items():
-            if k in ("step", "tag", "level") or isinstance(v, str):
+            if k == "step" or isinstance(v, str) or v is None:
                 continue
             arr = np.asarray(v, dtype=np.float64)
             if arr.ndim == 0:
@@ -119,22 +102,6 @@ class RunDir:
             elif members is not None and arr.shape == (len(members),):
                 for name, x in zip(members, arr):
                     writer.add_scalar(f"{prefix}{name}/{k}", float(x), int(record["step"]))
-
-    def read_metrics(self) -> list:
-        path = self.file("metrics.jsonl")
-        if not os.path.exists(path):
-            return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def truncate_metrics(self, keep) -> list:
-        """Keep only the records for which keep(record) is true (after a resume)."""
-        kept = [r for r in self.read_metrics() if keep(r)]
-        tmp = self.file("metrics.jsonl.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.file("metrics.jsonl"))
-        return kept
 
     def tensorboard(self):
         if self._tb is None:

@@ -42,7 +42,7 @@ def noisy_run(tmp_path_factory):
 
 def test_scores_file_and_summary(noisy_run):
     cfg, workdir, summary = noisy_run
-    with np.load(os.path.join(workdir, "scores.npz")) as f:
+    with np.load(os.path.join(workdir, "scores", "scores.npz")) as f:
         n = 480  # 600 * 0.8 train split
         np.testing.assert_array_equal(f["indices"], np.arange(n))
         assert f["el2n"].shape == (3, n) and f["grand"].shape == (3, n) and f["forgetting"].shape == (3, n)
@@ -59,7 +59,7 @@ def test_scores_file_and_summary(noisy_run):
 
 def test_hardest_subset_really_keeps_highest_scores(noisy_run):
     cfg, workdir, _ = noisy_run
-    with np.load(os.path.join(workdir, "scores.npz")) as f:
+    with np.load(os.path.join(workdir, "scores", "scores.npz")) as f:
         el2n = f["el2n_mean"]
     kept = json.load(open(os.path.join(workdir, "fractions", "0.5", "result.json")))
     hardest = kept["members"]["el2n:hardest/0"]["flipped_kept"]
@@ -134,9 +134,9 @@ def test_bad_diet_config(tmp_path, over, message):
 
 def test_scores_file_must_match_dataset(tmp_path, noisy_run):
     _, workdir, _ = noisy_run
-    cfg = tiny(diet__scores_path=os.path.join(workdir, "scores.npz"))
+    cfg = tiny(diet__scores_path=os.path.join(workdir, "scores", "scores.npz"))
     cfg.data.source.num_samples = 700
-    with pytest.raises(LthError, match="do not match this dataset"):
+    with pytest.raises(LthError, match="computed on other training examples"):
         diet.run(cfg, str(tmp_path / "other"), progress=False)
 
 
@@ -150,7 +150,7 @@ def test_lottery_on_a_data_diet_pretrains_on_the_subset(tmp_path, monkeypatch):
     c.model.widths = (24,)
     c.train.steps, c.train.batch_size, c.train.eval_every = 30, 20, 10
     c.lottery.levels, c.lottery.seeds, c.lottery.rewind_step = 1, 1, 10
-    c.lottery.pretrain_scores = str(tmp_path / "diet" / "scores.npz")
+    c.lottery.pretrain_scores = str(tmp_path / "diet" / "scores" / "scores.npz")
     c.lottery.pretrain_fraction = 0.1
     seen = []
     original = Loop.set_members
@@ -161,7 +161,7 @@ def test_lottery_on_a_data_diet_pretrains_on_the_subset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Loop, "set_members", spy)
     lottery.run(c, str(tmp_path / "lt"), progress=False)
-    with np.load(tmp_path / "diet" / "scores.npz") as f:
+    with np.load(tmp_path / "diet" / "scores" / "scores.npz") as f:
         easiest = subsets.choose("easiest", f["el2n_mean"], 0.1)
     used = [s for s in seen if s is not None]
     assert len(used) == 1 and np.array_equal(used[0], easiest) and len(easiest) == 38  # 10% of 480 - 100

@@ -11,6 +11,8 @@ from lth_jax import ensemble, masks, npz
 from lth_jax.errors import LthError
 from lth_jax.experiments import common, lottery
 from lth_jax.loop import Loop
+from lth_jax.stages import Stage
+from lth_jax.workdir import RunDir
 
 
 def tiny(**over):
@@ -88,7 +90,7 @@ def test_rewind_restores_step_k_weights_on_kept_positions(finished):
     cfg, workdir, _ = finished
     lot = lottery.Lottery(cfg, workdir, progress=False)
     example = lot.init_params(lot.keys["init"])
-    rewind = npz.load(os.path.join(workdir, "rewind.npz"), ensemble.stack([example, example]))
+    rewind = npz.load(os.path.join(workdir, "levels", "0", "rewind.npz"), ensemble.stack([example, example]))
     # The rewind point is the dense run's step-20 weights: retrain replicate 0 alone to step 20.
     alone = common.build(cfg)
     state = alone.init(jax.random.fold_in(lot.keys["init"], 0))
@@ -115,14 +117,15 @@ def test_rewind_restores_step_k_weights_on_kept_positions(finished):
         assert np.asarray(rand.mask["dense_0"]["kernel"]).sum() == kept.sum()
 
 
-def test_vmapped_members_match_training_each_alone(finished):
+def test_vmapped_members_match_training_each_alone(finished, tmp_path):
     cfg, workdir, _ = finished
     lot = lottery.Lottery(cfg, workdir, progress=False)
     example = lot.init_params(lot.keys["init"])["params"]
     prev = ensemble.stack([masks.load(lot.mask_path(0, r), example) for r in (0, 1)])
     final = npz.load(os.path.join(workdir, "levels", "0", "ticket_final.npz"), ensemble.stack([example] * 2))
     stacked, names, seeds, _ = lot.level_members(1, final, prev)
-    together, _ = lot.train(1, jax.tree_util.tree_map(jnp.copy, stacked), names, seeds)
+    stage = Stage(RunDir(str(tmp_path)), "level", "level 1")
+    together = lot.train(1, stage, jax.tree_util.tree_map(jnp.copy, stacked), names, seeds)
     alone = common.build(cfg)
     for i in (0, 3, 5):  # ticket/0, reinit/1, random_prune/1
         alone.loop.seed = seeds[i]
@@ -152,7 +155,7 @@ def test_resume_after_crash_mid_level(tmp_path, monkeypatch, capsys, finished):
     assert not os.path.exists(os.path.join(workdir, "levels", "1", "result.json"))
     monkeypatch.setattr(Loop, "run_chunk", original)
     resumed = lottery.run(cfg, workdir, progress=False)
-    assert "at level 1, step 30" in capsys.readouterr().out
+    assert "resuming level 1 from step 30" in capsys.readouterr().out
     for a, b in zip(full["levels"], resumed["levels"]):
         for kind in a["kinds"]:
             np.testing.assert_allclose(a["kinds"][kind]["final_test_loss"]["values"],

@@ -72,6 +72,18 @@ class Dataset:
     def num_train(self) -> int:
         return len(self.y_train)
 
+    def fingerprint(self) -> str:
+        """A hash of the training examples as scored: their indices, labels and
+        inputs (rounded to float16). Scores files carry it, so scores are never
+        applied to other examples or labels."""
+        import hashlib
+        h = hashlib.sha256()
+        for a in (np.asarray(self.train_indices, np.int64), np.asarray(self.y_train, np.int64),
+                  np.asarray(self.x_train, np.float16)):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:32]
+
     def __repr__(self) -> str:
         val = "" if self.x_val is None else f", val={len(self.x_val)}"
         return (f"Dataset({self.name!r}, train={len(self.x_train)}{val}, "

@@ -4,6 +4,8 @@ import importlib
 from lth_jax.errors import unknown
 
 EXPERIMENTS = ("train", "lottery", "diet")
+# config sections an experiment does not read: setting a key there is an error, not a silent no-op
+IGNORED_SECTIONS = {"train": ("lottery", "diet"), "lottery": ("mask", "diet"), "diet": ("mask", "lottery")}
 
 
 def get(name: str):

@@ -18,7 +18,7 @@ from lth_jax.train import Trainer, create_state, init_variables
 
 def load_data(cfg, seed: int):
     d = cfg.data
-    source_kw = {k: v for k, v in d.get("source", {}).items()}
+    source_kw = {k: v for k, v in d.get("source", {}).items() if v is not None}  # None = the source's default
     return data_lib.load(d.name, data_dir=d.get("data_dir") or None, validation_size=d.validation_size,
                          seed=seed, **source_kw)
 
@@ -40,6 +40,11 @@ def check_train(cfg) -> None:
     check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
     check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    check(t.checkpoint_every % t.eval_every == 0,
+          f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of train.eval_every ({t.eval_every}): "
+          "checkpoints are saved at evaluations")
+    check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
 
 
 @dataclasses.dataclass

@@ -5,8 +5,9 @@ the training set by score, train on what is left (Paul et al. 2021).
    together (one compiled program) for `diet.score_epochs` epochs (0 = score at
    initialisation); then EL2N, GraNd, input norm (and forgetting events, counted
    at every evaluation during scoring) are computed for every member, all
-   members at once, in chunks. Written to ``scores.npz`` with the example
-   indices (canonical order of the training split), per-member scores and means.
+   members at once, in chunks. Written to ``scores/scores.npz`` with the example
+   indices (canonical order of the training split), per-member scores, their
+   means and the fingerprint of the examples scored.
 2. Subsets: each selection ("el2n:hardest", "grand:easiest", "random", ...)
    keeps each fraction of `diet.fractions`; each (selection, seed) is one
    member, all members of one fraction train together for the same number of
@@ -15,6 +16,9 @@ the training set by score, train on what is left (Paul et al. 2021).
 3. With `diet.label_noise` > 0, that share of training labels is flipped
    (seeded; indices recorded) before anything else, and each score's AUROC
    and precision at the noise rate for finding the flipped examples reported.
+
+Stages (``lth_jax.stages``): ``scores/`` then ``fractions/F/`` for each kept
+fraction, each resumed from its own checkpoints after a crash.
 """
 from __future__ import annotations
 
@@ -24,12 +28,13 @@ import time
 import jax
 import numpy as np
 
-from lth_jax import ensemble, scores, subsets
-from lth_jax.checkpoint import Checkpointer
+from lth_jax import ensemble, files, report, scores, subsets
 from lth_jax.errors import LthError, check
 from lth_jax.experiments import common, diet_report
+from lth_jax.files import read_json
+from lth_jax.stages import Stage
 from lth_jax.train import create_state, init_variables
-from lth_jax.workdir import RunDir, read_json, write_json
+from lth_jax.workdir import RunDir
 
 SCORES = ("el2n", "grand", "input_norm", "forgetting")
 
@@ -63,26 +68,32 @@ def parse_selection(sel: str):
     return score, method
 
 
-def save_scores(path, indices, per_member: dict, extra: dict | None = None) -> None:
-    arrays = {"indices": np.asarray(indices)}
+def save_scores(path, indices, per_member: dict, fingerprint: str, extra: dict | None = None) -> None:
+    """scores.npz: `indices`, per-member scores (K, N) and their `_mean`, and the
+    `fingerprint` of the training examples they were computed on."""
+    arrays = {"indices": np.asarray(indices), "fingerprint": np.asarray(fingerprint)}
     for name, s in per_member.items():
         arrays[name] = np.asarray(s)
         arrays[f"{name}_mean"] = np.asarray(s).mean(0)
     arrays.update(extra or {})
-    tmp = f"{path}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    files.write_npz(path, arrays)
 
 
-def load_scores(path, train_indices) -> dict:
-    """Scores saved by `save_scores`, checked against the dataset's example indices."""
+def load_scores(path, dataset) -> dict:
+    """Scores saved by `save_scores`, checked against the dataset's training
+    examples (indices, labels and inputs, through its fingerprint)."""
     if not os.path.exists(path):
-        raise LthError(f"scores file {path} does not exist; run the diet experiment first (it writes scores.npz)")
-    with np.load(path) as f:
-        out = {k: f[k] for k in f.files}
-    if "indices" not in out or not np.array_equal(out["indices"], np.asarray(train_indices)):
-        raise LthError(f"scores file {path}: its example indices do not match this dataset's training split "
-                       "(another dataset, validation_size or num_train?); score this data again")
+        raise LthError(f"scores file {path} does not exist; run the diet experiment first (it writes "
+                       "scores/scores.npz)")
+    out = files.read_npz(path, "scores file")
+    if "indices" not in out or "fingerprint" not in out:
+        raise LthError(f"scores file {path} has no example indices or data fingerprint (not written by this "
+                       "version of lth_jax's diet experiment); score this data again")
+    if not np.array_equal(out["indices"], np.asarray(dataset.train_indices)) or \
+            str(out["fingerprint"]) != dataset.fingerprint():
+        raise LthError(f"scores file {path} was computed on other training examples or labels than this run's "
+                       "(another dataset, data seed, validation_size, num_train or label noise?); score this "
+                       "data again")
     return out
 
 
@@ -99,6 +110,8 @@ class Diet:
                                                       seed=cfg.seed + 7919)
             ds.y_train = noisy
             self.setup.loop.replace_labels(noisy)
+        # read (and checked) before the workdir is touched
+        self.given_scores = load_scores(self.d.scores_path, ds) if self.d.scores_path else None
         self.apply_fn = lambda v, x: self.setup.model.apply(v, x, train=False)
         # compiled once: forgetting events evaluate the whole training set at every evaluation
         self._member_logits = jax.jit(jax.vmap(self.apply_fn, in_axes=(0, None)))
@@ -113,27 +126,47 @@ class Diet:
 
     # ---- 1. scoring --------------------------------------------------------------------------
     def score(self) -> dict:
-        path = self.rundir.file("scores.npz")
+        """The scoring stage (``scores/``): train the K-member ensemble (resumable;
+        the forgetting history is kept per evaluation in ``scores/correct/``), score
+        every training example, write ``scores/scores.npz``."""
+        stage = Stage(self.rundir, "scores", "scoring")
+        path = stage.file("scores.npz")
         ds = self.setup.dataset
-        if os.path.exists(path):
-            return load_scores(path, ds.train_indices)
-        if self.d.scores_path:
-            out = load_scores(self.d.scores_path, ds.train_indices)
-            save_scores(path, out["indices"], {k: out[k] for k in self.d.scores if k in out})
-            return load_scores(path, ds.train_indices)
-        K = self.d.members
-        state = self.member_states([jax.random.fold_in(self.keys["init"], 10_000 + m) for m in range(K)])
-        steps = int(round(self.d.score_epochs * self.setup.loop.steps_per_epoch()))
-        history = []
+        try:
+            if stage.done:
+                stage.cleanup()
+            elif self.given_scores is not None:
+                given = self.given_scores
+                save_scores(path, given["indices"], {k: given[k] for k in self.d.scores if k in given},
+                            ds.fingerprint())
+                stage.finish()
+            else:
+                self.compute_scores(stage, path)
+        finally:
+            stage.close()
+        return load_scores(path, ds)
+
+    def compute_scores(self, stage, path) -> None:
+        ds, K = self.setup.dataset, self.d.members
         x, y = ds.x_train, ds.y_train
-        if "forgetting" in self.d.scores:
-            history.append(self.correct(state, x, y))
+        forgetting = "forgetting" in self.d.scores
+        names = [f"member/{m}" for m in range(K)]
+        state = stage.begin(self.member_states([jax.random.fold_in(self.keys["init"], 10_000 + m)
+                                                for m in range(K)]))
+        steps = int(round(self.d.score_epochs * self.setup.loop.steps_per_epoch()))
+
+        def keep_correct(st, record):
+            stage.write_once(os.path.join("correct", f"{record['step']}.npz"), {"correct": self.correct(st, x, y)})
+        if forgetting and int(np.asarray(state.step)[0]) == 0:
+            keep_correct(state, {"step": 0})
         if steps > 0:
             loop = self.setup.loop
             loop.set_members([(self.cfg.seed, 1_000_003 + m) for m in range(K)])
-            on_eval = (lambda st, r: history.append(self.correct(st, x, y))) if "forgetting" in self.d.scores else None
-            state = loop.run(state, steps, self.cfg.train.eval_every, self.keys["augment"], on_eval=on_eval,
-                             progress="scoring" if self.progress else False)
+            t = self.cfg.train
+            state = stage.train(loop, state, steps, self.keys["augment"], eval_every=t.eval_every,
+                                checkpoint_every=t.checkpoint_every, members=names,
+                                progress="scoring" if self.progress else False, tb_prefix="scoring",
+                                after_eval=keep_correct if forgetting else None)
         variables = state.variables
         per_member = {}
         for name in self.d.scores:
@@ -146,11 +179,12 @@ class Diet:
             elif name == "input_norm":
                 per_member[name] = np.asarray(scores.input_norm(x))[None]
             else:
-                h = np.stack(history, 1)  # (K, T, N)
-                per_member[name] = np.stack([np.asarray(scores.forgetting_events(hk)) for hk in h])
-        save_scores(path, ds.train_indices, {k: np.asarray(v) for k, v in per_member.items()},
+                evaluated = [0] + [r["step"] for r in stage.records]
+                h = np.stack([files.read_npz(stage.file("correct", f"{s}.npz"))["correct"] for s in evaluated], 1)
+                per_member[name] = np.stack([np.asarray(scores.forgetting_events(hk)) for hk in h])  # h: (K, T, N)
+        save_scores(path, ds.train_indices, {k: np.asarray(v) for k, v in per_member.items()}, ds.fingerprint(),
                     {"flipped": self.flipped, "score_steps": np.asarray(steps)})
-        return load_scores(path, ds.train_indices)
+        stage.finish()
 
     def correct(self, state, x, y) -> np.ndarray:
         """(K, N) bool: which training examples each member classifies correctly."""
@@ -168,8 +202,8 @@ class Diet:
                               seed=[self.cfg.seed, seed_r, int(round(fraction * 1e6))],
                               labels=ds.y_train, balanced=self.d.class_balanced)
 
-    def train_fraction(self, fraction, table, ckpt):
-        """Train every (selection, seed) at one kept fraction together; returns the result."""
+    def train_fraction(self, fraction, table, stage):
+        """Train every (selection, seed) at one kept fraction together (one stage); returns the result."""
         sels = ["full"] if fraction == 1.0 else list(self.d.selections)
         n = len(self.setup.dataset.y_train)
         names, keys, seeds, subs = [], [], [], []
@@ -179,26 +213,14 @@ class Diet:
                 keys.append(jax.random.fold_in(self.keys["init"], r))
                 seeds.append((self.cfg.seed, r))
                 subs.append(np.arange(n) if sel == "full" else self.subset(sel, fraction, r, table))
-        state = self.member_states(keys)
-        tag = f"fraction_{fraction:g}"
-        meta = ckpt.meta() if ckpt.latest_step() is not None else None
-        records = []
-        if meta is not None and meta.get("fraction") == fraction:
-            state, _ = ckpt.restore(state)
-            records = [r for r in self.rundir.read_metrics() if r.get("tag") == tag and r["step"] <= meta["step"]]
+        state = stage.begin(self.member_states(keys))
         loop = self.setup.loop
         loop.set_members(seeds, subs)
         t = self.cfg.train
-
-        def on_eval(st, record):
-            record = {"tag": tag, **record}
-            records.append(record)
-            self.rundir.append_metrics(record, names)
-            if record["step"] % t.checkpoint_every == 0 or record["step"] == t.steps:
-                ckpt.save(self.step_id(fraction, record["step"]), st, {"fraction": fraction, "step": record["step"]})
-
-        loop.run(state, t.steps, t.eval_every, self.keys["augment"], on_eval=on_eval,
-                 progress=f"keep {fraction:g}" if self.progress else False)
+        stage.train(loop, state, t.steps, self.keys["augment"], eval_every=t.eval_every,
+                    checkpoint_every=t.checkpoint_every, members=names, tb_prefix=f"fraction_{fraction:g}",
+                    progress=f"keep {fraction:g}" if self.progress else False)
+        records = stage.records
         last = records[-1]
         return {"fraction": fraction, "kept": len(subs[0]), "members": {
             name: {"final_test_accuracy": float(np.asarray(last["test_accuracy"])[i]),
@@ -206,41 +228,37 @@ class Diet:
                    "flipped_kept": int(np.isin(subs[i], self.flipped).sum())}
             for i, name in enumerate(names)}}
 
-    def step_id(self, fraction, step):
-        order = sorted(self.fractions())
-        return order.index(fraction) * (self.cfg.train.steps + 1) + step
-
     def fractions(self):
         return sorted(set(self.d.fractions) | ({1.0} if self.d.full_data else set()))
 
+    def fraction_stage(self, fraction) -> Stage:
+        return Stage(self.rundir, os.path.join("fractions", f"{fraction:g}"), f"fraction {fraction:g}")
+
     # ---- the run -----------------------------------------------------------------------------
     def run(self, overwrite=False) -> dict:
-        resuming = self.rundir.start(self.cfg.to_dict(), overwrite)
-        ckpt = Checkpointer(self.rundir.file("checkpoints"))
+        self.rundir.start(self.cfg.to_dict(), overwrite)
         try:
             t0 = time.time()
-            if resuming:
-                done = {f for f in self.fractions() if os.path.exists(self.result_path(f))}
-                meta = ckpt.meta() if ckpt.latest_step() is not None else None
-                self.rundir.truncate_metrics(lambda r: float(r["tag"].split("_")[1]) in done or (
-                    meta is not None and r["tag"] == f"fraction_{meta['fraction']:g}" and r["step"] <= meta["step"]))
             table = self.score()
             for fraction in self.fractions():
-                if not os.path.exists(self.result_path(fraction)):
-                    os.makedirs(os.path.dirname(self.result_path(fraction)), exist_ok=True)
-                    write_json(self.result_path(fraction), self.train_fraction(fraction, table, ckpt))
-            results = [read_json(self.result_path(f)) for f in self.fractions()]
+                stage = self.fraction_stage(fraction)
+                try:
+                    if stage.done:
+                        stage.cleanup()
+                    else:
+                        stage.finish(self.train_fraction(fraction, table, stage))
+                finally:
+                    stage.close()
+            results = [read_json(self.fraction_stage(f).file("result.json")) for f in self.fractions()]
             summary = diet_report.summarize(results, table, self.flipped, self.d, time.time() - t0)
             self.rundir.write_summary(summary)
             diet_report.draw(self.rundir, summary, table, self.flipped)
             diet_report.print_summary(summary)
+            report.print_outputs(self.rundir.path, ["summary.json", "scores/scores.npz", "fractions/F/result.json",
+                                                    "plots/"])
             return summary
         finally:
-            ckpt.close()
             self.rundir.close()
-
-    def result_path(self, fraction):
-        return self.rundir.file("fractions", f"{fraction:g}", "result.json")
 
 
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
@@ -250,6 +268,5 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
 
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
-    with np.load(rundir.file("scores.npz")) as f:
-        table = {k: f[k] for k in f.files}
+    table = files.read_npz(rundir.file("scores", "scores.npz"), "scores file")
     return diet_report.draw(rundir, summary, table, table.get("flipped", np.zeros(0, np.int64)))

@@ -13,12 +13,14 @@ Controls at each level, trained in the same compiled program as the ticket
 - ``random_prune``: a random mask with the ticket's per-layer density, on the
   ticket's own rewind weights.
 
-Files: ``levels/L/result.json`` (per member metrics), ``levels/L/mask.npz``
-(replicate 0's ticket mask; ``mask_r{r}.npz`` for the others),
-``levels/L/ticket_final.npz`` (what level L+1 prunes), ``rewind.npz``,
-``metrics.jsonl`` (records tagged with the level), ``summary.json``,
-``plots/``. A killed run restarted with the same command continues from the
-last completed level and the last checkpoint inside the running level.
+Each level is a stage (``lth_jax.stages``) in ``levels/L/``: ``checkpoints/``
+(removed once the level is done), ``metrics.jsonl``, ``result.json`` (per
+member metrics), ``mask.npz`` (replicate 0's ticket mask; ``mask_r{r}.npz``
+for the others), ``ticket_final.npz`` (what level L+1 prunes) and ``done``.
+Level 0 also holds ``rewind.npz``, written when its state reaches the rewind
+step and never again. ``summary.json`` and ``plots/`` close the run. A killed
+run restarted with the same command skips the done levels and resumes the
+running one from its last checkpoint, to the same numbers.
 """
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import ensemble, npz, pruning, subsets
+from lth_jax import ensemble, npz, pruning, report, subsets
 from lth_jax import masks as masks_lib
-from lth_jax.checkpoint import Checkpointer
 from lth_jax.errors import check
 from lth_jax.experiments import common, lottery_report
+from lth_jax.files import read_json
+from lth_jax.stages import Stage
 from lth_jax.train import at_step, create_state, init_variables
-from lth_jax.workdir import RunDir, read_json, write_json
+from lth_jax.workdir import RunDir
 
 CONTROLS = ("reinit", "random_prune")
 
@@ -74,6 +77,8 @@ class Lottery:
         self._prune = jax.jit(jax.vmap(lambda p, m: pruning.magnitude(p, m, self.lt.fraction, self.lt.scope,
                                                                       self.layer_fractions)))
         self._random_like = jax.jit(pruning.random_like)
+        # read (and checked) before the workdir is touched
+        self.pretrain = self.pretrain_subset() if self.lt.pretrain_scores else None
 
     # ---- members -------------------------------------------------------------------------
     def init_params(self, key):
@@ -93,57 +98,41 @@ class Lottery:
     def level_dir(self, level):
         return self.rundir.file("levels", str(level))
 
-    def completed_levels(self):
-        done = 0
-        while done <= self.lt.levels and os.path.exists(os.path.join(self.level_dir(done), "result.json")):
-            done += 1
-        return done
+    def stage(self, level) -> Stage:
+        return Stage(self.rundir, os.path.join("levels", str(level)), f"level {level}")
 
     def rewound(self):
         """The stacked rewind-point variables of every replicate (step k of the dense run)."""
         v = self.init_params(self.keys["init"])
         one = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
-        return npz.load(self.rundir.file("rewind.npz"), ensemble.stack([one for _ in self.replicates]),
+        return npz.load(os.path.join(self.level_dir(0), "rewind.npz"), ensemble.stack([one for _ in self.replicates]),
                         what="rewind point")
 
     # ---- training ------------------------------------------------------------------------
-    def train(self, level, state, names, member_seeds, stop_first=None, ckpt=None, records=None):
-        """Train the stacked `state` to train.steps; returns (state, records)."""
-        loop = self.setup.loop
+    def train(self, level, stage, state, names, member_seeds):
+        """Train the level's stacked `state` (fresh or restored) to train.steps.
+        Level 0 writes the rewind point when its state is at the rewind step."""
+        loop, t, k = self.setup.loop, self.cfg.train, self.lt.rewind_step
+        kw = dict(eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, members=names,
+                  progress=f"level {level}" if self.progress else False, tb_prefix=f"level_{level}")
+        if level == 0 and int(np.asarray(state.step)[0]) < k:
+            # lottery tickets on a data diet: the pre-training up to the rewind step uses a scored subset
+            loop.set_members(member_seeds, None if self.pretrain is None else [self.pretrain] * len(member_seeds))
+            state = stage.train(loop, state, k, self.keys["augment"], **kw)
+        if level == 0 and int(np.asarray(state.step)[0]) == k:
+            stage.write_once("rewind.npz", {"params": state.params, "batch_stats": state.batch_stats})
         loop.set_members(member_seeds)
-        records = [] if records is None else records
-        t = self.cfg.train
-
-        def on_eval(st, record):
-            record = {"level": level, "tag": f"level_{level}", **record}
-            records.append(record)
-            if ckpt is not None:
-                self.rundir.append_metrics(record, names)
-                if record["step"] % t.checkpoint_every == 0 or record["step"] == t.steps:
-                    ckpt.save(record["step"] + level * (t.steps + 1), st, {"level": level, "step": record["step"]})
-
-        desc = f"level {level}" if self.progress else False
-        if stop_first is not None and int(np.asarray(state.step)[0]) < stop_first:
-            if self.lt.pretrain_scores:  # lottery tickets on a data diet: pre-train on a scored subset
-                loop.set_members(member_seeds, [self.pretrain_subset()] * len(member_seeds))
-            state = loop.run(state, stop_first, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
-            loop.set_members(member_seeds)
-            self.after_rewind_point(state)
-        state = loop.run(state, t.steps, t.eval_every, self.keys["augment"], on_eval=on_eval, progress=desc)
-        return state, records
+        return stage.train(loop, state, t.steps, self.keys["augment"], **kw)
 
     def pretrain_subset(self):
         """The examples the dense pre-training up to the rewind step uses (Paul et al. 2022)."""
         from lth_jax.experiments.diet import load_scores
-        table = load_scores(self.lt.pretrain_scores, self.setup.dataset.train_indices)
+        table = load_scores(self.lt.pretrain_scores, self.setup.dataset)
         key = f"{self.lt.pretrain_score}_mean"
         check(key in table, f"scores file {self.lt.pretrain_scores} has no {self.lt.pretrain_score!r} scores; "
                             f"it has: {', '.join(k[:-5] for k in table if k.endswith('_mean'))}")
         return subsets.choose(self.lt.pretrain_selection, table[key], self.lt.pretrain_fraction,
                               seed=[self.cfg.seed, 17], labels=self.setup.dataset.y_train)
-
-    def after_rewind_point(self, state):
-        npz.save(self.rundir.file("rewind.npz"), {"params": state.params, "batch_stats": state.batch_stats})
 
     def level_members(self, level, ticket_final, prev_masks):
         """Stacked initial state, member names and data seeds of a level."""
@@ -186,7 +175,10 @@ class Lottery:
         pair = ensemble.stack([ensemble.take(tickets, r) for r in self.replicates for _ in (0, 1)])
         seeds = [self.data_seed(r, copy) for r in self.replicates for copy in (1, 2)]
         names = [f"copy{c}/{r}" for r in self.replicates for c in (1, 2)]
-        trained, _ = self.train(level, self.put(pair), names, seeds)
+        loop = self.setup.loop
+        loop.set_members(seeds)
+        trained = loop.run(self.put(pair), self.cfg.train.steps, self.cfg.train.eval_every, self.keys["augment"],
+                           progress=f"level {level} instability" if self.progress else False)
         alphas = np.linspace(0.0, 1.0, self.lt.instability_points)
         out = []
         for r in self.replicates:
@@ -199,76 +191,63 @@ class Lottery:
 
     # ---- the run -------------------------------------------------------------------------
     def run(self, overwrite=False) -> dict:
-        resuming = self.rundir.start(self.cfg.to_dict(), overwrite, extendable=(("lottery", "levels"),))
-        ckpt = Checkpointer(self.rundir.file("checkpoints"))
+        self.rundir.start(self.cfg.to_dict(), overwrite, extendable=(("lottery", "levels"),))
         try:
-            return self._run(ckpt, resuming)
+            return self._run()
         finally:
-            ckpt.close()
             self.rundir.close()
 
-    def _run(self, ckpt, resuming):
+    def _run(self):
         t0 = time.time()
-        first = self.completed_levels()
-        meta = None
-        if resuming and ckpt.latest_step() is not None:
-            meta = ckpt.meta()
-            if meta["level"] != first:
-                meta = None
-
-        def keep(r):
-            return r["level"] < first or (meta is not None and r["level"] == first and r["step"] <= meta["step"])
-        self.rundir.truncate_metrics(keep)
-        if resuming and first:
-            print(f"resuming {self.rundir.path} at level {first}" + (f", step {meta['step']}" if meta else ""))
-
         example = self.init_params(self.keys["init"])["params"]
         stacked_like = ensemble.stack([example for _ in self.replicates])
-        ticket_final = prev_masks = None
-        if first > 0:
-            ticket_final = npz.load(os.path.join(self.level_dir(first - 1), "ticket_final.npz"), stacked_like)
-            prev_masks = ensemble.stack([masks_lib.load(self.mask_path(first - 1, r), example)
-                                         for r in self.replicates])
-        for level in range(first, self.lt.levels + 1):
-            state, names, seeds, _ = self.level_members(level, ticket_final, prev_masks)
-            state = self.put(state)
-            # training donates its input buffers: keep a copy where instability needs the start
-            start_state = jax.tree_util.tree_map(jnp.copy, state) if level in self.lt.instability_levels else None
-            records = []
-            if meta is not None and meta["level"] == level:
-                state, _ = ckpt.restore(state)
-                records = [r for r in self.rundir.read_metrics() if r["level"] == level]
-                meta = None
-            stop_first = self.lt.rewind_step if level == 0 and self.lt.rewind_step > 0 else None
-            if level == 0 and self.lt.rewind_step == 0:
-                self.after_rewind_point(state)
-            state, records = self.train(level, state, names, seeds, stop_first, ckpt, records)
-            R = len(self.replicates)
-            ticket_final = ensemble.take(state.params, np.arange(R))
-            prev_masks = ensemble.take(state.mask, np.arange(R))
-            result = lottery_report.level_result(level, names, records, state.mask)
-            if level in self.lt.instability_levels:
-                if level == 0:  # the dense net's copies start from the rewind point
-                    rewound = self.rewound()
-                    start_state = ensemble.stack([self.member_state(ensemble.take(rewound, r), None,
-                                                                    self.lt.rewind_step) for r in self.replicates])
-                result["instability"] = self.instability(level, start_state)
-            self.save_level(level, ticket_final, prev_masks, result)
+        done = [level for level in range(self.lt.levels + 1) if self.stage(level).done]
+        if done:
+            print(f"resuming {self.rundir.path}: " + (f"levels 0-{done[-1]}" if len(done) > 1 else "level 0") + " done")
+        for level in range(self.lt.levels + 1):
+            stage = self.stage(level)
+            if stage.done:
+                stage.cleanup()
+                continue
+            ticket_final = prev_masks = None
+            if level > 0:  # always read back from the files, so a resumed run computes what a fresh one does
+                ticket_final = npz.load(os.path.join(self.level_dir(level - 1), "ticket_final.npz"), stacked_like)
+                prev_masks = ensemble.stack([masks_lib.load(self.mask_path(level - 1, r), example)
+                                             for r in self.replicates])
+            try:
+                self.run_level(level, stage, ticket_final, prev_masks)
+            finally:
+                stage.close()
         summary = lottery_report.summarize(self.rundir, self.lt.levels, time.time() - t0)
         self.rundir.write_summary(summary)
         lottery_report.draw(self.rundir, summary)
         lottery_report.print_summary(summary)
+        report.print_outputs(self.rundir.path, ["summary.json", "levels/L/result.json", "plots/lottery.png"])
         return summary
+
+    def run_level(self, level, stage, ticket_final, prev_masks):
+        state, names, seeds, _ = self.level_members(level, ticket_final, prev_masks)
+        state = self.put(state)
+        # training donates its input buffers: keep a copy where instability needs the start
+        start_state = jax.tree_util.tree_map(jnp.copy, state) if level in self.lt.instability_levels else None
+        state = stage.begin(state)
+        state = self.train(level, stage, state, names, seeds)
+        R = len(self.replicates)
+        result = lottery_report.level_result(level, names, stage.records, state.mask)
+        if level in self.lt.instability_levels:
+            if level == 0:  # the dense net's copies start from the rewind point
+                rewound = self.rewound()
+                start_state = ensemble.stack([self.member_state(ensemble.take(rewound, r), None,
+                                                                self.lt.rewind_step) for r in self.replicates])
+            result["instability"] = self.instability(level, start_state)
+        masks = ensemble.take(state.mask, np.arange(R))
+        for r in self.replicates:
+            stage.write_once(os.path.basename(self.mask_path(level, r)), ensemble.take(masks, r), dtype=bool)
+        stage.write_once("ticket_final.npz", ensemble.take(state.params, np.arange(R)))
+        stage.finish(result)
 
     def mask_path(self, level, r):
         return os.path.join(self.level_dir(level), "mask.npz" if r == 0 else f"mask_r{r}.npz")
-
-    def save_level(self, level, ticket_final, masks, result):
-        os.makedirs(self.level_dir(level), exist_ok=True)
-        for r in self.replicates:
-            masks_lib.save(self.mask_path(level, r), ensemble.take(masks, r))
-        npz.save(os.path.join(self.level_dir(level), "ticket_final.npz"), ticket_final)
-        write_json(os.path.join(self.level_dir(level), "result.json"), result)  # written last: marks the level done
 
 
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:

@@ -1,13 +1,17 @@
-"""experiment = "train": one network, dense or with a mask loaded from a file."""
+"""experiment = "train": one network, dense or with a mask loaded from a file.
+
+One stage, the workdir itself: `checkpoints/` (kept: the trained network),
+`metrics.jsonl`, `done`, then `summary.json` and `plots/curves.png`.
+"""
 from __future__ import annotations
 
 import time
 
 from lth_jax import masks as masks_lib
 from lth_jax import report
-from lth_jax.checkpoint import Checkpointer
 from lth_jax.experiments import common
 from lth_jax.loop import early_stop
+from lth_jax.stages import Stage
 from lth_jax.workdir import RunDir
 
 
@@ -19,36 +23,25 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     mask = common.load_mask(cfg.mask.path, state.params)
     if mask is not None:
         state = setup.init(keys["init"], mask)
-    resuming = rundir.start(cfg.to_dict(), overwrite)
-    ckpt = Checkpointer(rundir.file("checkpoints"))
+    rundir.start(cfg.to_dict(), overwrite)
+    stage = Stage(rundir, "", "training", keep_checkpoints=True)
     try:
-        records = []
-        if resuming and ckpt.latest_step() is not None:
-            state, meta = ckpt.restore(state)
-            done = int(meta["step"])
-            records = rundir.truncate_metrics(lambda r: r["step"] <= done)
-            print(f"resuming {rundir.path} from step {done}")
-        elif resuming:
-            rundir.truncate_metrics(lambda r: False)
         start_time = time.time()
+        state = stage.begin(state)
         start_step = int(state.step)
-
-        def on_eval(st, record):
-            records.append(record)
-            rundir.append_metrics(record)
-            if record["step"] % cfg.train.checkpoint_every == 0 or record["step"] == cfg.train.steps:
-                ckpt.save(record["step"], st, {"step": record["step"]})
-
-        state = setup.loop.run(state, cfg.train.steps, cfg.train.eval_every, keys["augment"],
-                               on_eval=on_eval, progress=progress)
+        state = stage.train(setup.loop, state, cfg.train.steps, keys["augment"], eval_every=cfg.train.eval_every,
+                            checkpoint_every=cfg.train.checkpoint_every, progress=progress)
+        stage.finish()
         seconds = time.time() - start_time
+        records = stage.records
         summary = summarize(records, state.mask, cfg, seconds, int(state.step) - start_step)
         report.plot_curves(records, rundir.file("plots", "curves.png"), title=f"{cfg.model.name} on {cfg.data.name}")
         rundir.write_summary(summary)
         report.print_table([summary["final"]], title=f"{cfg.model.name} on {cfg.data.name}")
+        report.print_outputs(rundir.path, ["summary.json", "metrics.jsonl", "plots/curves.png"])
         return summary
     finally:
-        ckpt.close()
+        stage.close()
         rundir.close()
 
 

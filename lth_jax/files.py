@@ -1,0 +1,170 @@
+"""Every file a run writes goes through `atomic_write`: a temporary file in the
+same folder, fsync, rename, so a crash leaves the old version or the new one,
+never half of one. JSON holds no bare NaN: non-finite numbers are written as
+null (and read back as NaN where a number is expected).
+
+`kill_point(name)` lets the crash tests SIGKILL the process at a named moment
+(`LTH_JAX_KILL_AT=<glob>`); unset, it does nothing.
+"""
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+KILL_ENV = "LTH_JAX_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process when $LTH_JAX_KILL_AT matches `name` (crash tests)."""
+    target = os.environ.get(KILL_ENV)
+    if target and fnmatch.fnmatchcase(name, target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write `data` to `path`: temporary file in the same folder, fsync, rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        kill_point(f"write:{os.path.basename(path)}")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- JSON -------------------------------------------------------------------------------------
+def to_json(value):
+    """JSON-ready copy: numpy / jax scalars and arrays become Python numbers and
+    lists; NaN and infinities become None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return to_json(np.asarray(value).tolist())
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(value, indent=None) -> str:
+    return json.dumps(to_json(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str, value) -> None:
+    atomic_write(path, (dumps(value, indent=2) + "\n").encode())
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---- JSON lines -------------------------------------------------------------------------------
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one record and fsync it; a crash can leave at most a partial last
+    line, which `read_jsonl` drops with a warning."""
+    line = dumps(record) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str) -> list:
+    """The records of a JSON-lines file; unreadable lines (a crash mid-write)
+    are dropped with one warning line."""
+    if not os.path.exists(path):
+        return []
+    out, bad = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    if bad:
+        print(f"warning: dropped {bad} unreadable line(s) of {path} (a crash mid-write)", file=sys.stderr)
+    return out
+
+
+def write_jsonl(path: str, records: list) -> None:
+    atomic_write(path, "".join(dumps(r) + "\n" for r in records).encode())
+
+
+# ---- npz --------------------------------------------------------------------------------------
+def npz_bytes(arrays: dict) -> bytes:
+    """A compressed .npz (readable by np.load) with fixed timestamps, so the same
+    arrays always give the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    atomic_write(path, npz_bytes(arrays))
+
+
+def read_npz(path: str, what: str = "file") -> dict:
+    """All arrays of an .npz; a missing, empty or damaged file is one LthError."""
+    from lth_jax.errors import LthError
+    if not os.path.exists(path):
+        raise LthError(f"{what} {path} does not exist; give the path of a .npz written by lth_jax")
+    if os.path.isdir(path):
+        raise LthError(f"{what} {path} is a directory; give the path of a .npz file written by lth_jax")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LthError(f"{what} {path} is not a readable .npz ({reason}); give a file written by lth_jax") from None
+
+
+# ---- figures ----------------------------------------------------------------------------------
+def save_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
