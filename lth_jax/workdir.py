@@ -62,6 +62,7 @@ class RunDir:
                 raise LthError(f"workdir {self.path} holds an unfinished run with a different config "
                                f"(differs in: {', '.join(changed)}); resume it with the same config, or "
                                "choose a new --workdir, or pass --overwrite")
+            self._remove_partial_writes()
             return True
         try:
             if overwrite and is_run(self.path):
@@ -72,6 +73,14 @@ class RunDir:
             raise LthError(f"cannot create workdir {self.path}: {e.strerror or e}; choose a --workdir "
                            "you can write to") from None
         return False
+
+    def _remove_partial_writes(self) -> None:
+        """Temporary files of atomic writes a crash interrupted (".NAME.XXXX.tmp")."""
+        for folder, dirs, names in os.walk(self.path):
+            dirs[:] = [d for d in dirs if d not in ("checkpoints", "tensorboard")]
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(folder, name))
 
     @staticmethod
     def _extends(old: dict, new: dict, extendable) -> bool:

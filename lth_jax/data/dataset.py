@@ -59,6 +59,11 @@ class Dataset:
         check(len(self.x_test) == len(self.y_test),
               f"dataset {self.name}: x_test and y_test differ in length "
               f"({len(self.x_test)}, {len(self.y_test)}); build them from the same examples")
+        for split, y in (("training", self.y_train), ("test", self.y_test), ("validation", self.y_val)):
+            if y is not None and len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+                bad = int(y.max()) if y.max() >= self.num_classes else int(y.min())
+                raise LthError(f"dataset {self.name}: labels must be in [0, {self.num_classes}), the {split} "
+                               f"split has {bad}; check the label files (or label_key) and num_classes")
         check(self.augment is None or self.augment in AUGMENTATIONS,
               f"dataset {self.name}: unknown augment {self.augment!r}; "
               f"allowed: None, {', '.join(AUGMENTATIONS)}")

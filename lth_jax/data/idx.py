@@ -8,6 +8,7 @@ from a directory; classes counted from the labels).
 from __future__ import annotations
 
 import gzip
+import zlib
 import os
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def read_idx(path) -> np.ndarray:
             data = f.read()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise LthError(f"cannot read IDX file {path}: {e}; re-download or re-install it") from None
     bad = f"{path} is not a valid IDX file"
     fix = "re-download or re-install it"

@@ -1,0 +1,63 @@
+"""Crash harness: run main.py in a subprocess, SIGKILL it at a named moment
+(`LTH_JAX_KILL_AT`, see lth_jax/files.py), run the same command to the end, and
+compare every output file with an uninterrupted run's."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Files whose bytes depend on the run's history, not its numbers: orbax checkpoints
+# (timestamps), TensorBoard events (wall times), set-aside damaged checkpoints.
+SKIPPED_DIRS = {"checkpoints", "tensorboard", "damaged"}
+WALL_KEYS = {"wall_seconds", "examples_per_second"}
+
+
+def main_py(workdir, args, kill_at=None, timeout=300, **popen):
+    env = dict(os.environ)
+    env.pop("LTH_JAX_KILL_AT", None)
+    if kill_at:
+        env["LTH_JAX_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--workdir", str(workdir), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def killed_then_resumed(workdir, args, kill_at, between=None):
+    """Run until SIGKILLed at `kill_at` (asserted), call between(workdir), run again to the end."""
+    first = main_py(workdir, args, kill_at=kill_at)
+    assert first.returncode == -signal.SIGKILL, (kill_at, first.returncode, first.stderr[-2000:])
+    if between is not None:
+        between(workdir)
+    second = main_py(workdir, args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return second
+
+
+def outputs(workdir) -> dict:
+    """relative path -> content: JSON parsed without wall times, anything else as bytes."""
+    out = {}
+    for folder, dirs, files in os.walk(workdir):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+        for name in files:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, workdir)
+            with open(path, "rb") as f:
+                data = f.read()
+            out[rel] = _strip(json.loads(data)) if name.endswith(".json") else data
+    return out
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in WALL_KEYS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def assert_same_outputs(reference, resumed):
+    a, b = outputs(reference), outputs(resumed)
+    assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, f"files differ after resume: {different}"
