@@ -27,6 +27,14 @@ def first_line(e: BaseException) -> str:
 
 def parse(argv):
     """(config, workdir, overwrite, progress) from the command line, or BadInput."""
+    saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides it defines from sys.argv
+    try:
+        return _parse(argv)
+    finally:
+        sys.argv = saved
+
+
+def _parse(argv):
     fv = flags.FlagValues()
     try:
         config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file", flag_values=fv,

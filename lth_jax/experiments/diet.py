@@ -40,6 +40,7 @@ SCORES = ("el2n", "grand", "input_norm", "forgetting")
 
 
 def check_config(cfg) -> None:
+    common.check_train(cfg)
     d = cfg.diet
     check(d.members >= 1, f"diet.members (K, the scoring ensemble size) must be >= 1, got {d.members}")
     check(d.score_epochs >= 0, f"diet.score_epochs must be >= 0, got {d.score_epochs}")

@@ -44,6 +44,7 @@ CONTROLS = ("reinit", "random_prune")
 
 
 def check_config(cfg) -> None:
+    common.check_train(cfg)
     lt = cfg.lottery
     check(lt.levels >= 0, f"lottery.levels must be >= 0, got {lt.levels}")
     pruning.check_fraction(lt.fraction, "lottery.fraction", allow_zero=False)
