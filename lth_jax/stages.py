@@ -155,7 +155,7 @@ class Stage:
             loss = r.get("val_loss", r.get("test_loss"))
             if loss is not None and all(v is not None and math.isfinite(v) for v in np.ravel(loss).tolist()):
                 return f"the last checkpoint with a finite validation loss is {self.checkpointer.directory}/{step}"
-        return f"no checkpoint of {self.label} has a finite validation loss"
+        return f"{self.label} has no checkpoint with a finite validation loss to go back to"
 
 
 @contextlib.contextmanager
