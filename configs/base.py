@@ -60,7 +60,7 @@ def get_config():
     c.lottery.instability_points = 11  # points on the line between the two copies
     # lottery tickets on a data diet (Paul et al. 2022): the dense pre-training up to
     # rewind_step uses the examples a scores.npz (from the diet experiment) selects
-    c.lottery.pretrain_scores = ""   # path to scores.npz; "" = pre-train on all examples
+    c.lottery.pretrain_scores = ""   # path to a diet run's scores/scores.npz; "" = pre-train on all examples
     c.lottery.pretrain_score = "el2n"
     c.lottery.pretrain_selection = "easiest"  # hardest | easiest | window | random
     c.lottery.pretrain_fraction = 0.1

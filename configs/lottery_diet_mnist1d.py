@@ -6,7 +6,7 @@ train on all data. First score the data:
 
     python main.py --config configs/diet_mnist1d.py --workdir runs/diet
     python main.py --config configs/lottery_diet_mnist1d.py --workdir runs/lt_diet \
-        --config.lottery.pretrain_scores=runs/diet/scores.npz
+        --config.lottery.pretrain_scores=runs/diet/scores/scores.npz
 
 Compare with --config.lottery.pretrain_selection=random or hardest.
 """
@@ -16,7 +16,7 @@ from configs import default
 def get_config():
     c = default.get_config()
     c.lottery.rewind_step = 200
-    c.lottery.pretrain_scores = "runs/diet/scores.npz"
+    c.lottery.pretrain_scores = "runs/diet/scores/scores.npz"
     c.lottery.pretrain_score = "el2n"
     c.lottery.pretrain_selection = "easiest"
     c.lottery.pretrain_fraction = 0.1
