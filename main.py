@@ -102,7 +102,7 @@ def main(argv) -> int:
 
 def run(experiment, cfg, workdir, overwrite, progress) -> int:
     from lth_jax.errors import LthError
-    from lth_jax.loop import Diverged
+    from lth_jax.trainer import Diverged
     from lth_jax.stages import POSITION, Interrupted
     try:
         experiment.run(cfg, workdir, overwrite=overwrite, progress=progress)

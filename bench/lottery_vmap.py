@@ -1,12 +1,12 @@
 """One lottery level: K members trained together (vmapped) vs one after another.
 
 The lottery experiment trains a ticket and its controls (reinit, random_prune)
-as one stacked state through `Trainer(members=True).scan_steps`, all members
+as one stacked state through `Steps(members=True).scan_steps`, all members
 sharing the batches. This script times that against training the same
-members one at a time with `Trainer(members=False)`, the same number of steps
+members one at a time with `Steps(members=False)`, the same number of steps
 and the same batches, compile time excluded (both warmed up first).
 
-Setups (random data of the real sizes, kept on the device as lth_jax.loop does):
+Setups (random data of the real sizes, kept on the device as lth_jax.trainer does):
   mlp    MNIST-1D MLP 40-100-100-10, batch 100, Adam 1e-3, 3,500 train examples
   lenet  LeNet-300-100 on 28x28x1, batch 60, Adam 1.2e-3, 55,000 train examples
 Member sets:
@@ -16,15 +16,15 @@ Member sets:
   K=8  8 dense members from different inits (the ensemble benchmark)
 
 Variants (timed interleaved):
-  vmapped     the lottery's program: jit(Trainer(members=True).scan_steps) on the
+  vmapped     the lottery's program: jit(Steps(members=True).scan_steps) on the
               stacked state, index rows (n, batch) shared by all members
   vmapped_xK  the same shared batches handed over as per-member rows (n, K, batch),
               so the batch carries a member axis (a layout experiment; see README)
-  sequential  jit(Trainer(members=False).scan_steps), the K members one after another
+  sequential  jit(Steps(members=False).scan_steps), the K members one after another
 
 A level is `--steps` steps (default 3000, the configs' train.steps) run in
 compiled chunks of `--chunk` steps (default 250 = train.eval_every); after
-each chunk the losses are copied to the host, as Loop does. Evaluation and
+each chunk the losses are copied to the host, as Trainer does. Evaluation and
 the host-side batch-index computation are not timed. Repetitions of the
 variants are interleaved (vmapped, sequential, vmapped, ...); best and median
 are reported, and speedup = sequential / vmapped.
@@ -50,14 +50,14 @@ CLASSES = 10
 
 
 def build(name, k, args):
-    """(single Trainer, members Trainer, list of K member states, x, y, index rows)."""
+    """(single Steps, members Steps, list of K member states, x, y, index rows)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from lth_jax import masks as masks_lib
     from lth_jax import models, optim, pruning
-    from lth_jax.train import Trainer, batch_indices, create_state, init_variables
+    from lth_jax.train import Steps, batch_indices, create_state, init_variables
 
     cfg = SETUPS[name]
     model = models.get(cfg["model"], num_classes=CLASSES, **cfg["kw"])
@@ -84,7 +84,7 @@ def build(name, k, args):
         rows = [batch_indices((0, m), cfg["n_train"], cfg["batch"], 0, args.steps) for m in range(k)]
     else:
         rows = [batch_indices(0, cfg["n_train"], cfg["batch"], 0, args.steps)] * k
-    return Trainer(model, tx), Trainer(model, tx, members=True), states, x, y, rows
+    return Steps(model, tx), Steps(model, tx, members=True), states, x, y, rows
 
 
 def variants(name, k, args):
@@ -114,7 +114,7 @@ def variants(name, k, args):
         first = None
         for idx in idx_list:
             state, metrics = scan(state, x, y, idx, key)
-            losses = np.asarray(metrics["loss"])  # Loop copies the losses to the host after each chunk
+            losses = np.asarray(metrics["loss"])  # Trainer copies the losses to the host after each chunk
             first = losses if first is None else first
         return jax.block_until_ready(state), first
 

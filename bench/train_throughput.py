@@ -3,10 +3,10 @@
 Batch 128 of random 28x28x1 inputs, 10 classes, SGD momentum 0.9, lr 0.01,
 80%-pruned masks (lth_jax.pruning.magnitude, layerwise). Variants:
 
-  jax_scan      lth_jax's compiled loop: jit(Trainer.scan_steps), `--steps`
+  jax_scan      lth_jax's compiled loop: jit(Steps.scan_steps), `--steps`
                 steps per call, data on the device, batches gathered by index
-                inside the scan (what lth_jax.loop.Loop runs)
-  jax_loop      a Python loop over jit(Trainer.step), one dispatch per step
+                inside the scan (what lth_jax.trainer.Trainer runs)
+  jax_loop      a Python loop over jit(Steps.step), one dispatch per step
                 (batches already on the device)
   torch_eager   nn.Linear / nn.Conv2d stack of the same architecture, same
                 initial weights and mask; grads multiplied by the mask before
@@ -137,14 +137,14 @@ def jax_setup(name, steps, pool, seed=0):
 
     from lth_jax import masks as masks_lib
     from lth_jax import models, optim, pruning
-    from lth_jax.train import Trainer, create_state, init_variables
+    from lth_jax.train import Steps, create_state, init_variables
 
     model = models.get(MODEL_NAMES[name], num_classes=CLASSES)
     variables = init_variables(model, jax.random.PRNGKey(seed), INPUT)
     params = variables["params"]
     mask = pruning.magnitude(params, masks_lib.ones_like(params), PRUNE, "layerwise")
     tx = optim.optimizer("momentum", LR, momentum=MOMENTUM)
-    trainer = Trainer(model, tx)
+    trainer = Steps(model, tx)
     state0 = create_state(params, {}, tx, mask)
 
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import numpy as np
 
 from lth_jax import files
 from lth_jax.errors import LthError
-from lth_jax.masks import map_named, named_leaves
+from lth_jax.trees import map_named, named_leaves
 
 
 def save(path: str, tree, dtype=None) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from lth_jax import npz
 from lth_jax.checkpoint import Checkpointer
 from lth_jax.files import append_jsonl, dumps, kill_point, read_jsonl, write_json, write_jsonl
-from lth_jax.loop import Diverged, Guard
+from lth_jax.trainer import Diverged, Guard
 
 # Where the run is (stage label, last evaluated step): for the Ctrl-C message.
 POSITION = {"label": None, "step": None}
@@ -117,9 +117,9 @@ class Stage:
             shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
 
     # ---- training ------------------------------------------------------------------------------
-    def train(self, loop, state, stop: int, key, *, eval_every: int, checkpoint_every: int,
+    def train(self, trainer, state, stop: int, key, *, eval_every: int, checkpoint_every: int,
               members: list | None = None, progress=True, tb_prefix: str = "", after_eval=None):
-        """Train `state` to step `stop` with `loop`: every evaluation is appended
+        """Train `state` to step `stop` with `trainer`: every evaluation is appended
         to the stage's metrics (and TensorBoard), a checkpoint is saved at every
         multiple of `checkpoint_every` and at `stop`. Raises Diverged (naming the
         last checkpoint with a finite validation loss) or Interrupted.
@@ -144,7 +144,8 @@ class Stage:
 
         with deferred_interrupt() as stopping:
             try:
-                return loop.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress, guard=self.guard)
+                return trainer.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress,
+                                   guard=self.guard, donate=True)
             except Diverged as e:
                 raise Diverged(e.step, f"{e.reason}; {self._last_finite_checkpoint()}") from None
 

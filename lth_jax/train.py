@@ -1,32 +1,47 @@
-"""Masked training: a pure train step, a compiled multi-step loop, evaluation.
+"""Masked training: a pure train step, a compiled multi-step scan, evaluation.
 
 Invariant: after every step each pruned weight is exactly 0.0, whatever the
-optimizer. The gradient is masked before the optimizer (so momentum and Adam
-moments of pruned weights stay 0) and the mask is re-applied to the
-parameters after the update (so weight decay or any other term cannot revive
-them).
+optimizer: the gradient is masked before the optimizer
+(`masks.masked_update`, so momentum and Adam moments of pruned weights stay
+0) and the mask is re-applied to the new parameters (so weight decay cannot
+revive them). `masks.wrap(tx, mask)` packs the same rule as an optax
+optimizer for a notebook user's own loop.
 
-Steps run in chunks: `run_steps` is one jit-compiled `lax.scan` over a chunk of
-batches. With device-resident data (the default when the data fit) the scan
-gathers each batch from the full arrays on the device by index, so a chunk
-costs one dispatch; otherwise the batches are gathered on the host.
+Any flax module trains (or a plain ``apply_fn(variables, x)``): the step passes
+``train=`` (or ``training=``, ``is_training=``, ``deterministic=not train``)
+only when the module's ``__call__`` takes it, feeds the RNG streams named in
+`rngs` (Dropout's "dropout" by default) from the step key, and updates the
+"batch_stats" collection when the model has one. The loss is cross-entropy
+over integer labels, or "squared" / "l1" for regression, or any function
+``loss(outputs, y) -> (batch,)`` per-example losses.
+
+Steps run in chunks: `Steps.scan_steps` is one jit-compiled `lax.scan` over a
+chunk of batches. With device-resident data (the default when the data fit)
+the scan gathers each batch from the full arrays on the device by index, so a
+chunk costs one dispatch; otherwise the batches are gathered on the host.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lth_jax import masks as masks_lib
+from lth_jax.errors import LthError, check
 
 
 @flax.struct.dataclass
 class TrainState:
+    """What a step reads and writes. `batch_stats` is the model's BatchNorm
+    collection ({} without one); `mask` is the weight mask (all True = dense)."""
     step: jax.Array
     params: Any
     batch_stats: Any
@@ -42,35 +57,134 @@ def variables_of(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def init_variables(model, key, input_shape):
-    """Model variables for per-example `input_shape` (no batch axis)."""
-    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+# ---- calling any model ---------------------------------------------------------------------------
+MODE_KEYWORDS = ("train", "training", "is_training")
+
+
+def mode_kwargs(fn, train: bool) -> dict:
+    """The keyword that tells `fn` (a module's __call__ or an apply_fn) whether
+    it trains: ``train=``, ``training=`` or ``is_training=`` set to `train`, or
+    ``deterministic=not train``; {} when it takes none of them."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    for name in MODE_KEYWORDS:
+        if name in params:
+            return {name: train}
+    return {"deterministic": not train} if "deterministic" in params else {}
+
+
+def _takes(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def call_model(model, variables, x, *, train: bool, rngs=None):
+    """(outputs, new batch_stats or None) of a flax Module or an apply_fn.
+
+    A Module gets its mode keyword (see `mode_kwargs`), `rngs`, and, when
+    training with a "batch_stats" collection, mutable=["batch_stats"]. A plain
+    ``apply_fn(variables, x, ...)`` gets the mode keyword and ``rngs=`` only if
+    its signature takes them, and has no mutable state."""
+    if isinstance(model, nn.Module):
+        kw = mode_kwargs(model.__call__, train)
+        if rngs:
+            kw["rngs"] = rngs
+        if train and "batch_stats" in variables:
+            out, updates = model.apply(variables, x, mutable=["batch_stats"], **kw)
+            return out, updates["batch_stats"]
+        return model.apply(variables, x, **kw), None
+    kw = mode_kwargs(model, train)
+    if rngs and _takes(model, "rngs"):
+        kw["rngs"] = rngs
+    return model(variables, x, **kw), None
+
+
+def init_variables(model, key, input_shape, rngs: tuple = ("dropout",)):
+    """Variables of a flax Module for per-example `input_shape` (no batch axis),
+    as a plain dict. The mode keyword, if the module takes one, is False."""
+    kw = {"params": key, **{name: jax.random.fold_in(key, i + 1) for i, name in enumerate(rngs)}}
+    variables = model.init(kw, jnp.zeros((1, *input_shape), jnp.float32), **mode_kwargs(model.__call__, False))
     return flax.core.unfreeze(variables)
 
 
 def create_state(params, batch_stats, tx, mask=None) -> TrainState:
+    """A step-0 TrainState: the masked parameters and `tx`'s state for them.
+
+    mask: a boolean mask of `params` (checked, see `masks.check`); None = dense.
+    The arrays are used as they are (no copy); training never overwrites
+    them unless asked to (`fit(donate=True)`)."""
     mask = masks_lib.ones_like(params) if mask is None else mask
-    params = masks_lib.apply(params, mask)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats or {},
-                      opt_state=tx.init(params), mask=mask)
+    masks_lib.check(mask, params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=masks_lib.apply(params, mask),
+                      batch_stats=batch_stats or {}, opt_state=masks_lib.wrap(tx, mask).init(params), mask=mask)
 
 
+# ---- losses --------------------------------------------------------------------------------------
 def cross_entropy(logits, y):
+    """Per-example softmax cross-entropy of integer labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-@dataclasses.dataclass(frozen=True)
-class Trainer:
-    """The compiled pieces for one model, optimizer and augmentation.
+def squared_error(outputs, y):
+    """Per-example mean over output dimensions of (outputs - y)^2 (PyTorch's MSELoss)."""
+    d = jnp.reshape(outputs - y, (outputs.shape[0], -1))
+    return jnp.mean(jnp.square(d), axis=1)
 
+
+def absolute_error(outputs, y):
+    """Per-example mean over output dimensions of |outputs - y| (PyTorch's L1Loss)."""
+    d = jnp.reshape(outputs - y, (outputs.shape[0], -1))
+    return jnp.mean(jnp.abs(d), axis=1)
+
+
+LOSSES = {"cross_entropy": cross_entropy, "squared": squared_error, "l1": absolute_error}
+
+
+def loss_function(loss) -> Callable:
+    """"cross_entropy" | "squared" | "l1" | a function (outputs, y) -> (batch,)."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise LthError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)} or a function (outputs, y) -> per-example losses")
+    return LOSSES[loss]
+
+
+# ---- the step ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The pure, compilable pieces for one model, optimizer, loss and augmentation.
+
+    model: a flax Module or an apply_fn (see `call_model`).
+    tx: the optax optimizer (wrapped with the state's mask at every step).
+    loss: "cross_entropy" (integer labels; accuracy is reported too) |
+      "squared" | "l1" | a function (outputs, y) -> (batch,) losses.
+    rngs: names of the RNG streams fed from the step key (Dropout's
+      "dropout"); every member of a stack gets the same stream at a step.
     augment: None or a function (key, x_batch) -> x_batch run on device.
     batch_sharding: optional jax.sharding for a batch (data parallelism).
+    members: the state has a leading member axis (a stacked ensemble, see
+      `lth_jax.ensemble`); steps and evaluation are vmapped over it.
+
+    Equal `Steps` (same model, tx object, loss, ...) share their compiled code
+    (see `compiled`).
     """
     model: Any
     tx: optax.GradientTransformation
     augment: Callable | None = None
     batch_sharding: Any = None
-    members: bool = False  # state has a leading member axis (vmapped ensembles)
+    members: bool = False
+    loss: Any = "cross_entropy"
+    rngs: tuple = ("dropout",)
+
+    @property
+    def classifies(self) -> bool:
+        """Integer labels and accuracy (the cross-entropy loss)."""
+        return self.loss == "cross_entropy"
 
     def _step(self, per_member: bool = False):
         """The step, vmapped over members when there are members; batches are
@@ -82,30 +196,36 @@ class Trainer:
     def _eval(self):
         return jax.vmap(self.eval_batch, in_axes=(0, 0, None, None, None)) if self.members else self.eval_batch
 
-    def apply(self, params, batch_stats, x, train: bool):
-        variables = variables_of(params, batch_stats)
-        if train and batch_stats:
-            logits, updates = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
-            return logits, updates["batch_stats"]
-        return self.model.apply(variables, x, train=train), batch_stats
+    def _rngs(self, key, step):
+        if not self.rngs:
+            return None
+        key = jax.random.fold_in(key, step)
+        return {name: jax.random.fold_in(key, i + 1) for i, name in enumerate(self.rngs)}
+
+    def apply(self, params, batch_stats, x, train: bool, rngs=None):
+        out, new_stats = call_model(self.model, variables_of(params, batch_stats), x, train=train, rngs=rngs)
+        return out, batch_stats if new_stats is None else new_stats
 
     def step(self, state: TrainState, x, y, key):
-        """One masked optimizer step on batch (x, y); pure, vmappable over state."""
+        """One masked optimizer step on batch (x, y); pure, vmappable over state.
+        Returns the new state and {"loss"[, "accuracy"]} of the batch."""
         if self.augment is not None:
             x = self.augment(jax.random.fold_in(key, state.step), x)
+        rngs = self._rngs(key, state.step)
+        loss_of = loss_function(self.loss)
 
         def loss_fn(params):
-            logits, new_stats = self.apply(params, state.batch_stats, x, train=True)
-            loss = jnp.mean(cross_entropy(logits, y))
-            return loss, (logits, new_stats)
+            out, new_stats = self.apply(params, state.batch_stats, x, train=True, rngs=rngs)
+            return jnp.mean(loss_of(out, y)), (out, new_stats)
 
-        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads = masks_lib.apply(grads, state.mask)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        (loss, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = masks_lib.masked_update(self.tx, state.mask, grads, state.opt_state, state.params)
         params = masks_lib.apply(optax.apply_updates(state.params, updates), state.mask)
-        acc = jnp.mean(jnp.argmax(logits, -1) == y)
         new = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
-        return new, {"loss": loss, "accuracy": acc}
+        metrics = {"loss": loss}
+        if self.classifies:
+            metrics["accuracy"] = jnp.mean(jnp.argmax(out, -1) == y)
+        return new, metrics
 
     def scan_steps(self, state, x_all, y_all, index, key):
         """Steps over the rows of `index` into device-resident x_all, y_all:
@@ -116,9 +236,9 @@ class Trainer:
         step = self._step(per_member)
         return jax.lax.scan(body, state, index)
 
-    def scan_batches(self, state, xs, ys, key):
-        """Steps over host-gathered batches xs (n, batch, ...), ys (n, batch)."""
-        per_member = ys.ndim == 3
+    def scan_batches(self, state, xs, ys, key, per_member: bool = False):
+        """Steps over host-gathered batches xs (n, batch, ...), ys (n, batch, ...),
+        or (n, members, batch, ...) with `per_member`."""
         step = self._step(per_member)
         return jax.lax.scan(lambda st, b: step(st, self.shard(b[0], per_member), self.shard(b[1], per_member), key),
                             state, (xs, ys))
@@ -136,10 +256,12 @@ class Trainer:
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.batch_sharding.mesh, spec))
 
     def eval_batch(self, params, batch_stats, x, y, weight):
+        """(summed loss, summed correct) of a padded batch; `weight` is 0 on padding.
+        Without classification the correct count is 0."""
         x, y, weight = self.shard(x), self.shard(y), self.shard(weight)
-        logits, _ = self.apply(params, batch_stats, x, train=False)
-        losses = cross_entropy(logits, y)
-        correct = jnp.argmax(logits, -1) == y
+        out, _ = self.apply(params, batch_stats, x, train=False, rngs=self._rngs(jax.random.key(0), 0))
+        losses = loss_function(self.loss)(out, y)
+        correct = (jnp.argmax(out, -1) == y) if self.classifies else jnp.zeros_like(weight)
         return jnp.sum(losses * weight), jnp.sum(correct * weight)
 
     def evaluate_padded(self, params, batch_stats, xs, ys, ws):
@@ -152,6 +274,16 @@ class Trainer:
         zero = jnp.zeros(jax.tree_util.tree_leaves(params)[0].shape[:1] if self.members else ())
         (loss, correct), _ = jax.lax.scan(body, (zero, zero), (xs, ys, ws))
         return loss, correct
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(steps: Steps) -> dict:
+    """The jit-compiled scans and evaluation of `steps`, made once per equal
+    `Steps` (so repeated `fit` calls with the same model and tx object compile
+    once). The scans donate their input state: callers pass a state they own."""
+    return {"scan": jax.jit(steps.scan_steps, donate_argnums=0),
+            "scan_host": jax.jit(steps.scan_batches, donate_argnums=0, static_argnames=("per_member",)),
+            "evaluate": jax.jit(steps.evaluate_padded)}
 
 
 def batch_indices(seed, num_examples: int, batch_size: int, start: int, stop: int) -> np.ndarray:
@@ -180,9 +312,9 @@ def pad_batches(x, y, batch_size):
     pad = total - n
     w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
     x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
     shape = (total // batch_size, batch_size)
-    return x.reshape(shape + x.shape[1:]), y.reshape(shape), w.reshape(shape)
+    return x.reshape(shape + x.shape[1:]), y.reshape(shape + y.shape[1:]), w.reshape(shape)
 
 
 def at_step(state: TrainState, step: int) -> TrainState:

@@ -10,7 +10,7 @@ from configs import diet_mnist1d, default
 from lth_jax import ensemble, subsets
 from lth_jax.errors import LthError
 from lth_jax.experiments import common, diet, lottery
-from lth_jax.loop import Loop
+from lth_jax.trainer import Trainer
 
 
 def tiny(**over):
@@ -71,16 +71,16 @@ def test_hardest_subset_really_keeps_highest_scores(noisy_run):
 
 def test_ensemble_member_matches_training_alone():
     cfg = tiny()
-    setup = common.build(cfg, members=True)
+    parts = common.build(cfg, members=True)
     keys = [jax.random.fold_in(jax.random.key(0), m) for m in range(3)]
     d = diet.Diet(cfg, "/tmp/unused", progress=False)
     stacked = d.member_states(keys)
     seeds = [(0, m) for m in range(3)]
-    setup.loop.set_members(seeds)
-    together = setup.loop.run(jax.tree_util.tree_map(jnp.copy, stacked), 20, 10, jax.random.key(1), progress=False)
+    parts.trainer.set_members(seeds)
+    together = parts.trainer.run(jax.tree_util.tree_map(jnp.copy, stacked), 20, 10, jax.random.key(1), progress=False)
     alone = common.build(cfg)
-    alone.loop.seed = seeds[2]
-    st = alone.loop.run(ensemble.take(stacked, 2), 20, 10, jax.random.key(1), progress=False)
+    alone.trainer.reseed(seeds[2])
+    st = alone.trainer.run(ensemble.take(stacked, 2), 20, 10, jax.random.key(1), progress=False)
     for a, b in zip(jax.tree_util.tree_leaves(st.params), jax.tree_util.tree_leaves(ensemble.take(together.params, 2))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -88,16 +88,16 @@ def test_ensemble_member_matches_training_alone():
 def test_member_subsets_only_draw_their_examples():
     x = np.arange(100, dtype=np.float32)[:, None]
     from lth_jax import models, optim
-    from lth_jax.train import Trainer
-    loop = Loop(Trainer(models.get("mlp", num_classes=2, widths=(4,)), optim.optimizer("sgd", 0.1), members=True),
-                x, np.zeros(100, np.int32), {}, batch_size=10, seed=0)
-    loop.set_members([(0, 0), (0, 1)], [np.arange(0, 40), np.arange(60, 100)])
-    rows = np.stack([loop._order(s, sub, 0, 12) for s, sub in zip(loop.member_seeds, loop.member_subsets)], 1)
+    from lth_jax.train import Steps
+    trainer = Trainer(Steps(models.get("mlp", num_classes=2, widths=(4,)), optim.optimizer("sgd", 0.1), members=True),
+                      x, np.zeros(100, np.int32), {}, batch_size=10, seed=0)
+    trainer.set_members([(0, 0), (0, 1)], [np.arange(0, 40), np.arange(60, 100)])
+    rows = trainer.order(0, 12)  # (steps, members, batch)
     assert rows[:, 0].min() >= 0 and rows[:, 0].max() < 40
     assert rows[:, 1].min() >= 60
     assert len(set(rows[:4, 0].ravel())) == 40  # one epoch of the subset covers it
     with pytest.raises(LthError, match="larger than a training subset"):
-        loop.set_members(None, [np.arange(5)])
+        trainer.set_members(None, [np.arange(5)])
 
 
 def test_subset_rules_and_label_noise():
@@ -153,13 +153,13 @@ def test_lottery_on_a_data_diet_pretrains_on_the_subset(tmp_path, monkeypatch):
     c.lottery.pretrain_scores = str(tmp_path / "diet" / "scores" / "scores.npz")
     c.lottery.pretrain_fraction = 0.1
     seen = []
-    original = Loop.set_members
+    original = Trainer.set_members
 
     def spy(self, seeds=None, subsets=None):
         seen.append(None if subsets is None else subsets[0])
         return original(self, seeds, subsets)
 
-    monkeypatch.setattr(Loop, "set_members", spy)
+    monkeypatch.setattr(Trainer, "set_members", spy)
     lottery.run(c, str(tmp_path / "lt"), progress=False)
     with np.load(tmp_path / "diet" / "scores" / "scores.npz") as f:
         easiest = subsets.choose("easiest", f["el2n_mean"], 0.1)

@@ -10,7 +10,7 @@ from configs import default
 from lth_jax import ensemble, masks, npz
 from lth_jax.errors import LthError
 from lth_jax.experiments import common, lottery
-from lth_jax.loop import Loop
+from lth_jax.trainer import Trainer
 from lth_jax.stages import Stage
 from lth_jax.workdir import RunDir
 
@@ -94,8 +94,8 @@ def test_rewind_restores_step_k_weights_on_kept_positions(finished):
     # The rewind point is the dense run's step-20 weights: retrain replicate 0 alone to step 20.
     alone = common.build(cfg)
     state = alone.init(jax.random.fold_in(lot.keys["init"], 0))
-    alone.loop.seed = (cfg.seed, 0)  # replicate 0's data order
-    state = alone.loop.run(state, 20, 10, lot.keys["augment"], progress=False)
+    alone.trainer.reseed((cfg.seed, 0))  # replicate 0's data order
+    state = alone.trainer.run(state, 20, 10, lot.keys["augment"], progress=False)
     np.testing.assert_allclose(ensemble.take(rewind["params"], 0)["dense_0"]["kernel"],
                                state.params["dense_0"]["kernel"], rtol=1e-5, atol=1e-6)
     prev_masks = ensemble.stack([masks.load(lot.mask_path(0, r), example["params"]) for r in (0, 1)])
@@ -128,8 +128,8 @@ def test_vmapped_members_match_training_each_alone(finished, tmp_path):
     together = lot.train(1, stage, jax.tree_util.tree_map(jnp.copy, stacked), names, seeds)
     alone = common.build(cfg)
     for i in (0, 3, 5):  # ticket/0, reinit/1, random_prune/1
-        alone.loop.seed = seeds[i]
-        st = alone.loop.run(ensemble.take(stacked, i), cfg.train.steps, 10, lot.keys["augment"], progress=False)
+        alone.trainer.reseed(seeds[i])
+        st = alone.trainer.run(ensemble.take(stacked, i), cfg.train.steps, 10, lot.keys["augment"], progress=False)
         for a, b in zip(jax.tree_util.tree_leaves(st.params),
                         jax.tree_util.tree_leaves(ensemble.take(together.params, i))):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -138,7 +138,7 @@ def test_vmapped_members_match_training_each_alone(finished, tmp_path):
 def test_resume_after_crash_mid_level(tmp_path, monkeypatch, capsys, finished):
     cfg, _, full = finished
     cfg = tiny(lottery__rewind_step=20, train__checkpoint_every=10)  # same numbers, checkpoints mid-level
-    original = Loop.run_chunk
+    original = Trainer.run_chunk
     calls = {"n": 0}
 
     def crashing(self, state, stop, key):
@@ -147,13 +147,13 @@ def test_resume_after_crash_mid_level(tmp_path, monkeypatch, capsys, finished):
             raise KeyboardInterrupt
         return original(self, state, stop, key)
 
-    monkeypatch.setattr(Loop, "run_chunk", crashing)
+    monkeypatch.setattr(Trainer, "run_chunk", crashing)
     workdir = str(tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
         lottery.run(cfg, workdir, progress=False)
     assert os.path.exists(os.path.join(workdir, "levels", "0", "result.json"))
     assert not os.path.exists(os.path.join(workdir, "levels", "1", "result.json"))
-    monkeypatch.setattr(Loop, "run_chunk", original)
+    monkeypatch.setattr(Trainer, "run_chunk", original)
     resumed = lottery.run(cfg, workdir, progress=False)
     assert "resuming level 1 from step 30" in capsys.readouterr().out
     for a, b in zip(full["levels"], resumed["levels"]):

@@ -18,10 +18,10 @@ for data_parallel in (False, True):
     c.train.batch_size = 64
     c.train.eval_batch_size = 96
     c.parallel.data_parallel = data_parallel
-    setup = common.build(c)
-    state = setup.init(jax.random.key(0))
+    parts = common.build(c)
+    state = parts.init(jax.random.key(0))
     records = []
-    state = setup.loop.run(state, 30, 10, jax.random.key(1), on_eval=lambda s, r: records.append(r),
+    state = parts.trainer.run(state, 30, 10, jax.random.key(1), on_eval=lambda s, r: records.append(r),
                            progress=False)
     if data_parallel:
         assert len(state.params["dense_0"]["kernel"].sharding.device_set) == 8
@@ -57,18 +57,18 @@ for data_parallel in (False, True):
     c.train.batch_size = 40
     c.train.eval_batch_size = 96
     c.parallel.data_parallel = data_parallel
-    setup = common.build(c, members=True)
+    parts = common.build(c, members=True)
     states = []
     for m in range(8):
-        v = init_variables(setup.model, jax.random.key(m), setup.dataset.input_shape)
-        states.append(create_state(v["params"], {}, setup.tx))
+        v = init_variables(parts.model, jax.random.key(m), parts.dataset.input_shape)
+        states.append(create_state(v["params"], {}, parts.tx))
     stacked = ensemble.stack(states)
     if data_parallel:
-        stacked = setup.dp.put_members(stacked)
+        stacked = parts.data_parallel.put_members(stacked)
         assert stacked.params["dense_0"]["kernel"].sharding.spec[0] == "data"
-    setup.loop.set_members([(0, m) for m in range(8)])
+    parts.trainer.set_members([(0, m) for m in range(8)])
     records = []
-    out = setup.loop.run(stacked, 20, 10, jax.random.key(1), on_eval=lambda s, r: records.append(r), progress=False)
+    out = parts.trainer.run(stacked, 20, 10, jax.random.key(1), on_eval=lambda s, r: records.append(r), progress=False)
     if data_parallel:
         shard = out.params["dense_0"]["kernel"].addressable_shards[0]
         assert shard.data.shape[0] == 1, shard.data.shape  # one whole member per device

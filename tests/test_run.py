@@ -10,7 +10,7 @@ import pytest
 from configs import train_mnist1d as default
 from lth_jax.errors import LthError
 from lth_jax.experiments import train as train_exp
-from lth_jax.loop import Loop
+from lth_jax.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def test_run_writes_files_and_refuses_to_overwrite(tmp_path):
 def test_interrupted_run_resumes_to_identical_numbers(tmp_path, monkeypatch):
     full = train_exp.run(small_config(), str(tmp_path / "full"), progress=False)
 
-    original = Loop.run_chunk
+    original = Trainer.run_chunk
     calls = {"n": 0}
 
     def crashing(self, state, stop, key):
@@ -59,12 +59,12 @@ def test_interrupted_run_resumes_to_identical_numbers(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, state, stop, key)
 
-    monkeypatch.setattr(Loop, "run_chunk", crashing)
+    monkeypatch.setattr(Trainer, "run_chunk", crashing)
     workdir = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         train_exp.run(small_config(), workdir, progress=False)
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
-    monkeypatch.setattr(Loop, "run_chunk", original)
+    monkeypatch.setattr(Trainer, "run_chunk", original)
     resumed = train_exp.run(small_config(), workdir, progress=False)
     for key in ("test_loss", "test_accuracy", "val_loss", "train_loss"):
         np.testing.assert_allclose(resumed["final"][key], full["final"][key], rtol=1e-6)

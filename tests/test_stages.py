@@ -8,7 +8,7 @@ import pytest
 import main as main_py
 from lth_jax import files
 from lth_jax.experiments import train as train_exp
-from lth_jax.loop import Diverged, Guard, Loop
+from lth_jax.trainer import Diverged, Guard, Trainer
 from test_run import small_config
 
 
@@ -57,14 +57,14 @@ def test_guard_bounds_growth_against_the_first_step():
 
 
 def test_divergence_names_the_last_checkpoint_with_a_finite_validation_loss(tmp_path, monkeypatch):
-    original = Loop.run_chunk
+    original = Trainer.run_chunk
 
     def blows_up(self, state, stop, key):
         state, metrics = original(self, state, stop, key)
         if stop > 40:
             metrics = {**metrics, "loss": metrics["loss"] * np.nan}
         return state, metrics
-    monkeypatch.setattr(Loop, "run_chunk", blows_up)
+    monkeypatch.setattr(Trainer, "run_chunk", blows_up)
     with pytest.raises(Diverged) as e:
         train_exp.run(small_config(), str(tmp_path / "run"), progress=False)
     assert "after step 40" in str(e.value)

@@ -5,8 +5,8 @@ import pytest
 
 from lth_jax import masks, models, optim, pruning
 from lth_jax.errors import LthError
-from lth_jax.loop import Diverged, Loop, early_stop
-from lth_jax.train import Trainer, batch_indices, create_state, init_variables
+from lth_jax.trainer import Diverged, Trainer, early_stop
+from lth_jax.train import Steps, batch_indices, create_state, init_variables
 
 
 def toy_data(n=256, d=12, classes=3, seed=0):
@@ -32,7 +32,7 @@ def pruned_state(tx, model=None, shape=(12,), fraction=0.6):
 ], ids=["momentum_wd", "nesterov_wd", "adam_l2", "adamw"])
 def test_pruned_weights_stay_exactly_zero(tx):
     model, state = pruned_state(tx)
-    trainer = Trainer(model, tx)
+    trainer = Steps(model, tx)
     x, y = toy_data()
     step = jax.jit(trainer.step)
     for i in range(5):
@@ -46,7 +46,7 @@ def test_pruned_weights_stay_exactly_zero(tx):
 def test_scan_equals_python_loop_of_steps():
     tx = optim.optimizer("momentum", 0.05)
     model, state = pruned_state(tx)
-    trainer = Trainer(model, tx)
+    trainer = Steps(model, tx)
     x, y = toy_data()
     idx = batch_indices(3, len(x), 32, 0, 12)
     key = jax.random.key(1)
@@ -66,7 +66,7 @@ def test_conv_model_trains_inside_compiled_loop():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8, 8, 1)).astype(np.float32)
     y = (x.mean((1, 2, 3)) > 0).astype(np.int32)
-    loop = Loop(Trainer(model, tx), x, y, {"test": (x, y)}, batch_size=16, seed=0, eval_batch_size=32)
+    loop = Trainer(Steps(model, tx), x, y, {"test": (x, y)}, batch_size=16, seed=0, eval_batch_size=32)
     records = []
     state = loop.run(state, 20, 10, jax.random.key(0), on_eval=lambda s, r: records.append(r), progress=False)
     assert [r["step"] for r in records] == [10, 20]
@@ -87,7 +87,7 @@ def test_loop_evaluates_and_finds_early_stop():
     tx = optim.optimizer("adam", 1e-2)
     model, state = pruned_state(tx, fraction=0.0)
     x, y = toy_data()
-    loop = Loop(Trainer(model, tx), x[:200], y[:200], {"val": (x[200:], y[200:])}, batch_size=20, seed=0,
+    loop = Trainer(Steps(model, tx), x[:200], y[:200], {"val": (x[200:], y[200:])}, batch_size=20, seed=0,
                 eval_batch_size=7)
     records = []
     loop.run(state, 50, 10, jax.random.key(0), on_eval=lambda s, r: records.append(r), progress=False)
@@ -102,11 +102,11 @@ def test_loop_detects_divergence_and_bad_batch():
     model, state = pruned_state(tx, fraction=0.0)
     x, y = toy_data()
     x[5] = np.inf  # one bad example: the loss becomes NaN in its first epoch
-    loop = Loop(Trainer(model, tx), x, y, {}, batch_size=32, seed=0)
+    loop = Trainer(Steps(model, tx), x, y, {}, batch_size=32, seed=0)
     with pytest.raises(Diverged):
         loop.run(state, 200, 10, jax.random.key(0), progress=False)
     with pytest.raises(LthError, match="larger than the training set"):
-        Loop(Trainer(model, tx), x, y, {}, batch_size=1000, seed=0)
+        Trainer(Steps(model, tx), x, y, {}, batch_size=1000, seed=0)
 
 
 def test_host_gathered_batches_match_device_resident():
@@ -115,7 +115,7 @@ def test_host_gathered_batches_match_device_resident():
     x, y = toy_data()
     out = []
     for device_data in (True, False):
-        loop = Loop(Trainer(model, tx), x, y, {}, batch_size=32, seed=0, device_data=device_data)
+        loop = Trainer(Steps(model, tx), x, y, {}, batch_size=32, seed=0, device_data=device_data)
         s = loop.run(jax.tree_util.tree_map(jnp.copy, state), 16, 8, jax.random.key(0), progress=False)
         out.append(s.params["dense_0"]["kernel"])
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-7)

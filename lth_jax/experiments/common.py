@@ -12,8 +12,8 @@ from lth_jax import masks as masks_lib
 from lth_jax import models, optim, parallel
 from lth_jax.data.augment import crop_flip
 from lth_jax.errors import check
-from lth_jax.loop import Loop
-from lth_jax.train import Trainer, create_state, init_variables
+from lth_jax.trainer import Trainer
+from lth_jax.train import Steps, create_state, init_variables
 
 
 def load_data(cfg, seed: int):
@@ -48,42 +48,44 @@ def check_train(cfg) -> None:
 
 
 @dataclasses.dataclass
-class Setup:
-    """Everything a training run needs, built once from a config."""
+class Parts:
+    """What a run trains with, built once from a config: the data, the model,
+    the optimizer, the compiled `steps`, the `trainer` that runs them over the
+    training set, and the device layout (None on one device)."""
     dataset: Any
     model: Any
     tx: Any
+    steps: Steps
     trainer: Trainer
-    loop: Loop
-    dp: Any  # parallel.DataParallel or None
+    data_parallel: Any  # parallel.DataParallel or None
 
     def init(self, key, mask=None):
         """A fresh TrainState from `key` (and an optional mask), placed on the devices."""
         variables = init_variables(self.model, key, self.dataset.input_shape)
         state = create_state(variables["params"], variables.get("batch_stats", {}), self.tx, mask)
-        return self.dp.put(state) if self.dp else state
+        return self.data_parallel.put(state) if self.data_parallel else state
 
 
-def build(cfg, members: bool = False) -> Setup:
+def build(cfg, members: bool = False) -> Parts:
     check_train(cfg)
     parallel.initialize_distributed(cfg.parallel.distributed)
     dataset = load_data(cfg, cfg.seed)
     model = build_model(cfg, dataset.num_classes)
     tx = build_optimizer(cfg, cfg.train.steps)
-    dp = None
+    layout = None
     if cfg.parallel.data_parallel and jax.device_count() > 1:
-        dp = parallel.DataParallel(parallel.data_mesh())
-        dp.check_batch(cfg.train.batch_size, "train.batch_size")
-        dp.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
+        layout = parallel.DataParallel(parallel.data_mesh())
+        layout.check_batch(cfg.train.batch_size, "train.batch_size")
+        layout.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
     augment = crop_flip if dataset.augment == "crop_flip" else None
-    trainer = Trainer(model, tx, augment=augment, batch_sharding=dp.batch if dp else None, members=members)
+    steps = Steps(model, tx, augment=augment, batch_sharding=layout.batch if layout else None, members=members)
     eval_sets = {"test": (dataset.x_test, dataset.y_test)}
     if dataset.x_val is not None:
         eval_sets["val"] = (dataset.x_val, dataset.y_val)
-    loop = Loop(trainer, dataset.x_train, dataset.y_train, eval_sets, batch_size=cfg.train.batch_size,
-                seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
-                put=dp.put if dp else None)
-    return Setup(dataset, model, tx, trainer, loop, dp)
+    trainer = Trainer(steps, dataset.x_train, dataset.y_train, eval_sets, batch_size=cfg.train.batch_size,
+                      seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
+                      put=layout.put if layout else None)
+    return Parts(dataset, model, tx, steps, trainer, layout)
 
 
 def load_mask(path: str, params):

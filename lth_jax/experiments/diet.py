@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from lth_jax import ensemble, files, report, scores, subsets
+from lth_jax import ensemble, files, figures, scores, subsets
 from lth_jax.errors import LthError, check
 from lth_jax.experiments import common, diet_report
 from lth_jax.files import read_json
@@ -101,29 +101,29 @@ def load_scores(path, dataset) -> dict:
 class Diet:
     def __init__(self, cfg, workdir, progress=True):
         self.cfg, self.d, self.progress = cfg, cfg.diet, progress
-        self.setup = common.build(cfg, members=True)
+        self.parts = common.build(cfg, members=True)
         self.keys = common.seed_keys(cfg.seed)
         self.rundir = RunDir(workdir)
-        ds = self.setup.dataset
+        ds = self.parts.dataset
         self.flipped = np.zeros(0, np.int64)
         if self.d.label_noise > 0:
             noisy, self.flipped = subsets.flip_labels(ds.y_train, ds.num_classes, self.d.label_noise,
                                                       seed=cfg.seed + 7919)
             ds.y_train = noisy
-            self.setup.loop.replace_labels(noisy)
+            self.parts.trainer.replace_labels(noisy)
         # read (and checked) before the workdir is touched
         self.given_scores = load_scores(self.d.scores_path, ds) if self.d.scores_path else None
-        self.apply_fn = lambda v, x: self.setup.model.apply(v, x, train=False)
+        self.apply_fn = lambda v, x: self.parts.model.apply(v, x, train=False)
         # compiled once: forgetting events evaluate the whole training set at every evaluation
         self._member_logits = jax.jit(jax.vmap(self.apply_fn, in_axes=(0, None)))
 
     def member_states(self, keys):
         states = []
         for key in keys:
-            v = init_variables(self.setup.model, key, self.setup.dataset.input_shape)
-            states.append(create_state(v["params"], v.get("batch_stats", {}), self.setup.tx))
+            v = init_variables(self.parts.model, key, self.parts.dataset.input_shape)
+            states.append(create_state(v["params"], v.get("batch_stats", {}), self.parts.tx))
         stacked = ensemble.stack(states)
-        return self.setup.dp.put_members(stacked) if self.setup.dp else stacked
+        return self.parts.data_parallel.put_members(stacked) if self.parts.data_parallel else stacked
 
     # ---- 1. scoring --------------------------------------------------------------------------
     def score(self) -> dict:
@@ -132,7 +132,7 @@ class Diet:
         every training example, write ``scores/scores.npz``."""
         stage = Stage(self.rundir, "scores", "scoring")
         path = stage.file("scores.npz")
-        ds = self.setup.dataset
+        ds = self.parts.dataset
         try:
             if stage.done:
                 stage.cleanup()
@@ -148,23 +148,23 @@ class Diet:
         return load_scores(path, ds)
 
     def compute_scores(self, stage, path) -> None:
-        ds, K = self.setup.dataset, self.d.members
+        ds, K = self.parts.dataset, self.d.members
         x, y = ds.x_train, ds.y_train
         forgetting = "forgetting" in self.d.scores
         names = [f"member/{m}" for m in range(K)]
         state = stage.begin(self.member_states([jax.random.fold_in(self.keys["init"], 10_000 + m)
                                                 for m in range(K)]))
-        steps = int(round(self.d.score_epochs * self.setup.loop.steps_per_epoch()))
+        steps = int(round(self.d.score_epochs * self.parts.trainer.steps_per_epoch()))
 
         def keep_correct(st, record):
             stage.write_once(os.path.join("correct", f"{record['step']}.npz"), {"correct": self.correct(st, x, y)})
         if forgetting and int(np.asarray(state.step)[0]) == 0:
             keep_correct(state, {"step": 0})
         if steps > 0:
-            loop = self.setup.loop
-            loop.set_members([(self.cfg.seed, 1_000_003 + m) for m in range(K)])
+            trainer = self.parts.trainer
+            trainer.set_members([(self.cfg.seed, 1_000_003 + m) for m in range(K)])
             t = self.cfg.train
-            state = stage.train(loop, state, steps, self.keys["augment"], eval_every=t.eval_every,
+            state = stage.train(trainer, state, steps, self.keys["augment"], eval_every=t.eval_every,
                                 checkpoint_every=t.checkpoint_every, members=names,
                                 progress="scoring" if self.progress else False, tb_prefix="scoring",
                                 after_eval=keep_correct if forgetting else None)
@@ -176,7 +176,7 @@ class Diet:
                                                    chunk_size=self.d.chunk_size)
             elif name == "grand":
                 per_member[name] = scores.ensemble(scores.grand, self.apply_fn, variables, x, y,
-                                                   chunk_size=self.d.chunk_size, model=self.setup.model)
+                                                   chunk_size=self.d.chunk_size, model=self.parts.model)
             elif name == "input_norm":
                 per_member[name] = np.asarray(scores.input_norm(x))[None]
             else:
@@ -197,7 +197,7 @@ class Diet:
     # ---- 2. subsets ------------------------------------------------------------------------
     def subset(self, sel, fraction, seed_r, table):
         score, method = parse_selection(sel)
-        ds = self.setup.dataset
+        ds = self.parts.dataset
         values = table[f"{score}_mean"] if score else np.zeros(len(ds.y_train))
         return subsets.choose(method, values, fraction, offset=self.d.window_offset,
                               seed=[self.cfg.seed, seed_r, int(round(fraction * 1e6))],
@@ -206,7 +206,7 @@ class Diet:
     def train_fraction(self, fraction, table, stage):
         """Train every (selection, seed) at one kept fraction together (one stage); returns the result."""
         sels = ["full"] if fraction == 1.0 else list(self.d.selections)
-        n = len(self.setup.dataset.y_train)
+        n = len(self.parts.dataset.y_train)
         names, keys, seeds, subs = [], [], [], []
         for sel in sels:
             for r in range(self.d.seeds):
@@ -215,10 +215,10 @@ class Diet:
                 seeds.append((self.cfg.seed, r))
                 subs.append(np.arange(n) if sel == "full" else self.subset(sel, fraction, r, table))
         state = stage.begin(self.member_states(keys))
-        loop = self.setup.loop
-        loop.set_members(seeds, subs)
+        trainer = self.parts.trainer
+        trainer.set_members(seeds, subs)
         t = self.cfg.train
-        stage.train(loop, state, t.steps, self.keys["augment"], eval_every=t.eval_every,
+        stage.train(trainer, state, t.steps, self.keys["augment"], eval_every=t.eval_every,
                     checkpoint_every=t.checkpoint_every, members=names, tb_prefix=f"fraction_{fraction:g}",
                     progress=f"keep {fraction:g}" if self.progress else False)
         records = stage.records
@@ -255,7 +255,7 @@ class Diet:
             self.rundir.write_summary(summary)
             diet_report.draw(self.rundir, summary, table, self.flipped)
             diet_report.print_summary(summary)
-            report.print_outputs(self.rundir.path, ["summary.json", "scores/scores.npz", "fractions/F/result.json",
+            figures.print_outputs(self.rundir.path, ["summary.json", "scores/scores.npz", "fractions/F/result.json",
                                                     "plots/"])
             return summary
         finally:

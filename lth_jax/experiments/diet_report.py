@@ -5,7 +5,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from lth_jax import subsets
-from lth_jax.report import _pyplot, format_table, save_figure
+from lth_jax.figures import format_table, pyplot, save_figure
 
 
 def summarize(results: list, table: dict, flipped, d, seconds: float) -> dict:
@@ -51,7 +51,7 @@ def print_summary(summary: dict) -> None:
 
 
 def draw(rundir, summary: dict, table: dict, flipped) -> list:
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for sel, by_f in summary["test_accuracy"].items():

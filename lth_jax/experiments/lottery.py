@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import ensemble, npz, pruning, report, subsets
+from lth_jax import ensemble, figures, npz, pruning, subsets
 from lth_jax import masks as masks_lib
 from lth_jax.errors import check
 from lth_jax.experiments import common, lottery_report
@@ -70,7 +70,7 @@ def check_config(cfg) -> None:
 class Lottery:
     def __init__(self, cfg, workdir: str, progress=True):
         self.cfg, self.lt, self.progress = cfg, cfg.lottery, progress
-        self.setup = common.build(cfg, members=True)
+        self.parts = common.build(cfg, members=True)
         self.keys = common.seed_keys(cfg.seed)
         self.rundir = RunDir(workdir)
         self.replicates = list(range(self.lt.seeds))
@@ -83,14 +83,14 @@ class Lottery:
 
     # ---- members -------------------------------------------------------------------------
     def init_params(self, key):
-        return init_variables(self.setup.model, key, self.setup.dataset.input_shape)
+        return init_variables(self.parts.model, key, self.parts.dataset.input_shape)
 
     def member_state(self, variables, mask, step):
-        state = create_state(variables["params"], variables.get("batch_stats", {}), self.setup.tx, mask)
+        state = create_state(variables["params"], variables.get("batch_stats", {}), self.parts.tx, mask)
         return at_step(state, step)
 
     def put(self, state):
-        return self.setup.dp.put_members(state) if self.setup.dp else state
+        return self.parts.data_parallel.put_members(state) if self.parts.data_parallel else state
 
     def data_seed(self, r, copy=None):
         return (self.cfg.seed, r) if copy is None else (self.cfg.seed, r, copy)
@@ -113,27 +113,27 @@ class Lottery:
     def train(self, level, stage, state, names, member_seeds):
         """Train the level's stacked `state` (fresh or restored) to train.steps.
         Level 0 writes the rewind point when its state is at the rewind step."""
-        loop, t, k = self.setup.loop, self.cfg.train, self.lt.rewind_step
+        trainer, t, k = self.parts.trainer, self.cfg.train, self.lt.rewind_step
         kw = dict(eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, members=names,
                   progress=f"level {level}" if self.progress else False, tb_prefix=f"level_{level}")
         if level == 0 and int(np.asarray(state.step)[0]) < k:
             # lottery tickets on a data diet: the pre-training up to the rewind step uses a scored subset
-            loop.set_members(member_seeds, None if self.pretrain is None else [self.pretrain] * len(member_seeds))
-            state = stage.train(loop, state, k, self.keys["augment"], **kw)
+            trainer.set_members(member_seeds, None if self.pretrain is None else [self.pretrain] * len(member_seeds))
+            state = stage.train(trainer, state, k, self.keys["augment"], **kw)
         if level == 0 and int(np.asarray(state.step)[0]) == k:
             stage.write_once("rewind.npz", {"params": state.params, "batch_stats": state.batch_stats})
-        loop.set_members(member_seeds)
-        return stage.train(loop, state, t.steps, self.keys["augment"], **kw)
+        trainer.set_members(member_seeds)
+        return stage.train(trainer, state, t.steps, self.keys["augment"], **kw)
 
     def pretrain_subset(self):
         """The examples the dense pre-training up to the rewind step uses (Paul et al. 2022)."""
         from lth_jax.experiments.diet import load_scores
-        table = load_scores(self.lt.pretrain_scores, self.setup.dataset)
+        table = load_scores(self.lt.pretrain_scores, self.parts.dataset)
         key = f"{self.lt.pretrain_score}_mean"
         check(key in table, f"scores file {self.lt.pretrain_scores} has no {self.lt.pretrain_score!r} scores; "
                             f"it has: {', '.join(k[:-5] for k in table if k.endswith('_mean'))}")
         return subsets.choose(self.lt.pretrain_selection, table[key], self.lt.pretrain_fraction,
-                              seed=[self.cfg.seed, 17], labels=self.setup.dataset.y_train)
+                              seed=[self.cfg.seed, 17], labels=self.parts.dataset.y_train)
 
     def level_members(self, level, ticket_final, prev_masks):
         """Stacked initial state, member names and data seeds of a level."""
@@ -176,16 +176,16 @@ class Lottery:
         pair = ensemble.stack([ensemble.take(tickets, r) for r in self.replicates for _ in (0, 1)])
         seeds = [self.data_seed(r, copy) for r in self.replicates for copy in (1, 2)]
         names = [f"copy{c}/{r}" for r in self.replicates for c in (1, 2)]
-        loop = self.setup.loop
-        loop.set_members(seeds)
-        trained = loop.run(self.put(pair), self.cfg.train.steps, self.cfg.train.eval_every, self.keys["augment"],
-                           progress=f"level {level} instability" if self.progress else False)
+        trainer = self.parts.trainer
+        trainer.set_members(seeds)
+        trained = trainer.run(self.put(pair), self.cfg.train.steps, self.cfg.train.eval_every, self.keys["augment"],
+                              progress=f"level {level} instability" if self.progress else False)
         alphas = np.linspace(0.0, 1.0, self.lt.instability_points)
         out = []
         for r in self.replicates:
             a, b = ensemble.take(trained, 2 * r), ensemble.take(trained, 2 * r + 1)
             path = ensemble.stack([jax.tree_util.tree_map(lambda u, v: (1 - t) * u + t * v, a, b) for t in alphas])
-            errors = 1.0 - np.asarray(self.setup.loop.evaluate(self.put(path))["test_accuracy"])
+            errors = 1.0 - np.asarray(self.parts.trainer.evaluate(self.put(path))["test_accuracy"])
             out.append({"alphas": alphas, "test_error": errors,
                         "barrier": float(errors.max() - 0.5 * (errors[0] + errors[-1]))})
         return {"replicates": out, "barrier_mean": float(np.mean([o["barrier"] for o in out]))}
@@ -223,7 +223,7 @@ class Lottery:
         self.rundir.write_summary(summary)
         lottery_report.draw(self.rundir, summary)
         lottery_report.print_summary(summary)
-        report.print_outputs(self.rundir.path, ["summary.json", "levels/L/result.json", "plots/lottery.png"])
+        figures.print_outputs(self.rundir.path, ["summary.json", "levels/L/result.json", "plots/lottery.png"])
         return summary
 
     def run_level(self, level, stage, ticket_final, prev_masks):

@@ -6,7 +6,7 @@ import numpy as np
 
 from lth_jax import ensemble
 from lth_jax import masks as masks_lib
-from lth_jax.report import _pyplot, format_table, save_figure
+from lth_jax.figures import format_table, pyplot, save_figure
 from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
@@ -89,7 +89,7 @@ def print_summary(summary: dict) -> None:
 
 def draw(rundir, summary: dict) -> list:
     """Accuracy and early-stopping iteration against % of weights remaining."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for kind, (color, marker) in KIND_STYLE.items():
         pts = [(e["density"], e["kinds"][kind]) for e in summary["levels"] if kind in e["kinds"]]

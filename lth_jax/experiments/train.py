@@ -8,37 +8,37 @@ from __future__ import annotations
 import time
 
 from lth_jax import masks as masks_lib
-from lth_jax import report
+from lth_jax import figures
 from lth_jax.experiments import common
-from lth_jax.loop import early_stop
+from lth_jax.trainer import early_stop
 from lth_jax.stages import Stage
 from lth_jax.workdir import RunDir
 
 
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     rundir = RunDir(workdir)
-    setup = common.build(cfg)  # validates the config and data before anything is written
+    parts = common.build(cfg)  # validates the config and data before anything is written
     keys = common.seed_keys(cfg.seed)
-    state = setup.init(keys["init"])
+    state = parts.init(keys["init"])
     mask = common.load_mask(cfg.mask.path, state.params)
     if mask is not None:
-        state = setup.init(keys["init"], mask)
+        state = parts.init(keys["init"], mask)
     rundir.start(cfg.to_dict(), overwrite)
     stage = Stage(rundir, "", "training", keep_checkpoints=True)
     try:
         start_time = time.time()
         state = stage.begin(state)
         start_step = int(state.step)
-        state = stage.train(setup.loop, state, cfg.train.steps, keys["augment"], eval_every=cfg.train.eval_every,
+        state = stage.train(parts.trainer, state, cfg.train.steps, keys["augment"], eval_every=cfg.train.eval_every,
                             checkpoint_every=cfg.train.checkpoint_every, progress=progress)
         stage.finish()
         seconds = time.time() - start_time
         records = stage.records
         summary = summarize(records, state.mask, cfg, seconds, int(state.step) - start_step)
-        report.plot_curves(records, rundir.file("plots", "curves.png"), title=f"{cfg.model.name} on {cfg.data.name}")
+        figures.plot_curves(records, rundir.file("plots", "curves.png"), title=f"{cfg.model.name} on {cfg.data.name}")
         rundir.write_summary(summary)
-        report.print_table([summary["final"]], title=f"{cfg.model.name} on {cfg.data.name}")
-        report.print_outputs(rundir.path, ["summary.json", "metrics.jsonl", "plots/curves.png"])
+        figures.print_table([summary["final"]], title=f"{cfg.model.name} on {cfg.data.name}")
+        figures.print_outputs(rundir.path, ["summary.json", "metrics.jsonl", "plots/curves.png"])
         return summary
     finally:
         stage.close()

@@ -1,0 +1,64 @@
+"""Tables and plots from a run's records (what every experiment prints and draws)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lth_jax import files
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    files.save_figure(fig, path)
+
+
+def plot_curves(records: list, path: str, title: str = "") -> None:
+    """Loss and accuracy against step for train and every evaluated set."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in records]
+    sets = [k[: -len("_loss")] for k in records[0] if k.endswith("_loss")]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for s in (s for s in sets if f"{s}_{metric}" in records[0]):
+            ax.plot(steps, [np.mean(np.asarray(r[f"{s}_{metric}"], np.float64)) for r in records], label=s)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def format_table(rows: list, columns: list | None = None) -> str:
+    columns = columns or list(rows[0])
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
+    body = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def print_table(rows: list, title: str = "", columns: list | None = None) -> None:
+    rows = [{k: (float(np.mean(v)) if isinstance(v, (float, np.floating, np.ndarray)) else v)
+             for k, v in r.items()} for r in rows]
+    if title:
+        print(title)
+    print(format_table(rows, columns))
+
+
+def print_outputs(workdir: str, names: list) -> None:
+    """The closing lines of a run: where its results are and how to redraw them."""
+    print(f"results: {', '.join(os.path.join(workdir, n) for n in names)}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}; "
+          f"redraw the plots: python -m lth_jax.report {workdir}")
