@@ -18,6 +18,28 @@ Scopes:
 ``layer_fractions`` overrides the rate of named leaves (e.g.
 ``{"output/kernel": 0.1}`` for Frankle & Carbin's output layer at half rate);
 a leaf with an override is ranked on its own, in either scope; 0.0 excludes it.
+
+Target density instead of a fraction (`magnitude(..., target_density=d)`,
+`random(..., target_density=d)`): the prunable weights keep
+``floor(d * n + 0.5)`` of their n entries (dead ones included), distributed by
+
+- ``"global"``: one budget over all prunable leaves, filled by score;
+- ``"uniform"``: every prunable leaf keeps ``floor(d * n_leaf + 0.5)``;
+- ``"erk"``: Erdős–Rényi-Kernel (Evci et al. 2020, RigL; jaxpruner's "erk"):
+  leaf density proportional to ``sum(shape) / prod(shape)`` of its kernel,
+  scaled so the kept total is ``d * n``, leaves that would exceed 1 kept
+  dense and the rest rescaled; each leaf then keeps ``floor(d_leaf * n_leaf + 0.5)``
+  (so the total can differ from the target by the rounding, a few weights).
+
+Pruning never revives a weight: a leaf keeps ``min(budget, alive)``, and a
+global target above the mask's density is an error.
+
+Under `jax.jit`, a traced `fraction` is clipped into [0, 1] (1 removes every
+remaining weight; a negative value removes none); concrete values outside
+[0, 1) are an error. `target_density` must be a Python number (the budgets
+are computed at trace time).
+
+Every rule checks its mask against the parameters (`masks.check`).
 """
 from __future__ import annotations
 
@@ -26,30 +48,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax import masks as masks_lib
-from lth_jax.errors import LthError
+from lth_jax.errors import LthError, check
 
 SCOPES = ("global", "layerwise")
 
 
+DISTRIBUTIONS = ("global", "uniform", "erk")
+
+
 def check_fraction(fraction, what="fraction", allow_zero=True) -> None:
+    """LthError unless a concrete `fraction` is in [0, 1) ((0, 1) without
+    `allow_zero`); traced values pass (they are clipped where used)."""
     if isinstance(fraction, jax.core.Tracer):
-        return  # checked by whoever made the traced value
+        return
     low_ok = fraction >= 0 if allow_zero else fraction > 0
     if not (low_ok and fraction < 1):
         bound = "[0, 1)" if allow_zero else "(0, 1)"
         raise LthError(f"{what} must be in {bound} (the share of remaining weights removed), got {fraction}")
 
 
+def ranks(flat):
+    """Rank of each entry of a flat array in ascending order; ties by position."""
+    order = jnp.argsort(flat, stable=True)
+    return jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+
+
+def _keep_top(scores, alive, n_keep):
+    """Flat bool: the `n_keep` highest-scoring alive entries (at most all alive ones)."""
+    keyed = jnp.where(alive, scores, -jnp.inf)  # pruned entries rank first
+    return (ranks(keyed) >= alive.size - jnp.minimum(n_keep, jnp.sum(alive))) & alive
+
+
 def _keep_after_removing(scores, alive, fraction):
     """Flat bool: alive entries minus the round(fraction * n_alive) lowest-scoring ones."""
+    fraction = jnp.clip(fraction, 0.0, 1.0)
     n_alive = jnp.sum(alive)
     n_remove = jnp.floor(fraction * n_alive + 0.5).astype(jnp.int32)
-    # Pruned entries rank first, so the removal budget starts after them.
-    keyed = jnp.where(alive, scores, -jnp.inf)
-    order = jnp.argsort(keyed, stable=True)
-    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
-    n_dead = alive.size - n_alive
-    return rank >= n_dead + n_remove
+    return _keep_top(scores, alive, n_alive - n_remove)
 
 
 def _rank_groups(scores_tree, mask, fraction, scope, layer_fractions, which):
@@ -86,19 +121,39 @@ def _rank_groups(scores_tree, mask, fraction, scope, layer_fractions, which):
     for frac, group in groups:
         flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]).astype(jnp.float32) for n in group])
         flat_alive = jnp.concatenate([jnp.ravel(names[n]) for n in group])
-        keep = _keep_after_removing(flat_scores, flat_alive, frac)
-        offset = 0
-        for n in group:
-            size = int(np.size(names[n]))
-            new[n] = keep[offset:offset + size].reshape(np.shape(names[n]))
-            offset += size
+        _unflatten_into(new, group, names, _keep_after_removing(flat_scores, flat_alive, frac))
     treedef = jax.tree_util.tree_structure(mask)
     return jax.tree_util.tree_unflatten(treedef, [new[n] for n in names])
 
 
-def magnitude(params, mask, fraction, scope="global", layer_fractions=None, which=None):
-    """Remove `fraction` of the remaining prunable weights with the smallest |w|."""
+def _check(params, mask):
+    masks_lib.check(mask, params)
+
+
+def magnitude(params, mask, fraction=None, scope="global", layer_fractions=None, which=None, *,
+              target_density=None, distribution="global"):
+    """A new mask: `mask` minus the prunable weights with the smallest |w|.
+
+    Args:
+      params: the weights whose magnitudes rank them.
+      mask: the current mask (checked against `params`); the result is nested in it.
+      fraction: share of the *remaining* prunable weights to remove (IMP);
+        exactly one of `fraction` and `target_density` is given.
+      scope: "global" (one ranking of raw |w| across leaves) or "layerwise".
+      layer_fractions: {leaf name: fraction} overrides (with `fraction`).
+      which: pytree of bools choosing the prunable leaves (default: kernels).
+      target_density: keep this share of the prunable weights, spread over
+        leaves by `distribution` ("global" | "uniform" | "erk", see the module).
+    Returns:
+      The new boolean mask. Pure; jit-able with `fraction` traced (clipped to
+      [0, 1]) and `target_density`, `distribution`, `scope` static.
+    """
+    _check(params, mask)
     scores = jax.tree_util.tree_map(jnp.abs, params)
+    if target_density is not None:
+        check(fraction is None, "give either fraction or target_density, not both")
+        return _to_density(scores, mask, target_density, distribution, which)
+    check(fraction is not None, "magnitude needs fraction= (share of the remaining weights) or target_density=")
     return _rank_groups(scores, mask, fraction, scope, layer_fractions, which)
 
 
@@ -109,14 +164,23 @@ def _uniform_like(key, tree):
         treedef, [jax.random.uniform(k, jnp.shape(leaf)) for k, leaf in zip(keys, leaves)])
 
 
-def random(key, mask, fraction, scope="layerwise", layer_fractions=None, which=None):
-    """Remove `fraction` of the remaining prunable weights chosen uniformly at random."""
-    return _rank_groups(_uniform_like(key, mask), mask, fraction, scope, layer_fractions, which)
+def random(key, mask, fraction=None, scope="layerwise", layer_fractions=None, which=None, *,
+           target_density=None, distribution="uniform"):
+    """Like `magnitude`, with scores drawn uniformly at random from `key`
+    (so the removed weights are a uniform random choice within each group)."""
+    _check(mask, mask)
+    scores = _uniform_like(key, mask)
+    if target_density is not None:
+        check(fraction is None, "give either fraction or target_density, not both")
+        return _to_density(scores, mask, target_density, distribution, which)
+    check(fraction is not None, "random needs fraction= (share of the remaining weights) or target_density=")
+    return _rank_groups(scores, mask, fraction, scope, layer_fractions, which)
 
 
 def random_like(key, mask, which=None):
     """A fresh random mask with the same number of kept weights in every prunable
     leaf as `mask` (the "random pruning" control). Not nested in `mask`."""
+    _check(mask, mask)
     which = which if which is not None else masks_lib.prunable(mask)
     scores = _uniform_like(key, mask)
 
@@ -124,11 +188,67 @@ def random_like(key, mask, which=None):
         if not chosen:
             return m
         n_remove = m.size - jnp.sum(m)
-        order = jnp.argsort(jnp.ravel(s), stable=True)
-        rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
-        return (rank >= n_remove).reshape(m.shape)
+        return (ranks(jnp.ravel(s)) >= n_remove).reshape(m.shape)
 
     return jax.tree_util.tree_map(draw, mask, scores, which)
+
+
+def layer_densities(shapes: dict, density: float, distribution: str) -> dict:
+    """{leaf name: density} for prunable leaves of `shapes` ({name: shape})
+    that keep `density` of their weights in total ("uniform" | "erk"; see the
+    module). Pure Python: the budgets are static."""
+    check(distribution in ("uniform", "erk"), f"layer_densities: distribution must be 'uniform' or 'erk', "
+                                              f"got {distribution!r}")
+    if distribution == "uniform":
+        return {n: density for n in shapes}
+    sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
+    raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
+    dense: set = set()
+    while True:  # RigL's procedure: leaves whose density would pass 1 are kept dense
+        budget = density * sum(sizes.values()) - sum(sizes[n] for n in dense)
+        free = [n for n in shapes if n not in dense]
+        eps = budget / sum(raw[n] * sizes[n] for n in free) if free else 0.0
+        over = [n for n in free if eps * raw[n] > 1.0]
+        if not over:
+            return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+        dense.update(over)
+
+
+def _to_density(scores_tree, mask, density, distribution, which):
+    check(not isinstance(density, jax.core.Tracer), "target_density must be a Python number, not a traced value "
+                                                    "(the per-layer budgets are computed at trace time)")
+    check(0.0 <= density <= 1.0, f"target_density must be in [0, 1], got {density}")
+    check(distribution in DISTRIBUTIONS, f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    names = masks_lib.named_leaves(mask)
+    which = which if which is not None else masks_lib.prunable(mask)
+    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
+    check(chosen, "no prunable leaves to prune; pass `which` naming them")
+    score_leaves = masks_lib.named_leaves(scores_tree)
+    new = dict(names)
+    if distribution == "global":
+        total = sum(int(np.size(names[n])) for n in chosen)
+        if not isinstance(names[chosen[0]], jax.core.Tracer):
+            alive = sum(int(np.sum(names[n])) for n in chosen)
+            check(int(np.floor(density * total + 0.5)) <= alive,
+                  f"target_density {density} is above the mask's density {alive / total:.4g}; pruning never "
+                  "revives weights")
+        groups = [(chosen, int(np.floor(density * total + 0.5)))]
+    else:
+        per = layer_densities({n: tuple(np.shape(names[n])) for n in chosen}, density, distribution)
+        groups = [([n], int(np.floor(per[n] * np.size(names[n]) + 0.5))) for n in chosen]
+    for group, n_keep in groups:
+        flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]).astype(jnp.float32) for n in group])
+        flat_alive = jnp.concatenate([jnp.ravel(names[n]) for n in group])
+        _unflatten_into(new, group, names, _keep_top(flat_scores, flat_alive, n_keep))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(mask), [new[n] for n in names])
+
+
+def _unflatten_into(new, group, names, keep):
+    offset = 0
+    for n in group:
+        size = int(np.size(names[n]))
+        new[n] = keep[offset:offset + size].reshape(np.shape(names[n]))
+        offset += size
 
 
 def units_to_weights(params, unit_masks: dict, mask=None):

@@ -246,9 +246,10 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
         with a leading K axis; `mask` stacked too), trained together by vmap
         on shared batches.
       progress: a tqdm bar on a terminal (a string names it); False = silent.
-      donate: let the compiled steps reuse the buffers of `variables` / the
-        state and `mask` (saves memory; those arrays are deleted afterwards).
-        By default nothing the caller passed is consumed.
+      donate: when `variables` is a TrainState, let the compiled steps reuse
+        its buffers (saves one copy of the state; its arrays are deleted
+        afterwards). By default nothing the caller passed is consumed: fit
+        copies a passed state once and builds a fresh one from `variables`.
 
     Returns:
       (state, history): the final `TrainState` and a list of evaluation records

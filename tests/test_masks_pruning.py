@@ -138,3 +138,60 @@ def test_mask_save_load_roundtrip(tmp_path):
     other = {"x": {"kernel": jnp.ones((2, 2))}}
     with pytest.raises(LthError, match="does not match the model"):
         masks.load(path, other)
+
+
+# ---- target densities and layer distributions ---------------------------------------------------
+def three_layers():
+    keys = jax.random.split(jax.random.key(3), 3)
+    return {"a": {"kernel": jax.random.normal(keys[0], (40, 30)), "bias": jnp.ones(30)},
+            "b": {"kernel": jax.random.normal(keys[1], (30, 20))},
+            "c": {"kernel": jax.random.normal(keys[2], (3, 3, 4, 2))}}
+
+
+def kept_per_leaf(mask):
+    return {n: int(np.sum(m)) for n, m in masks.named_leaves(mask).items()}
+
+
+def test_target_density_global_keeps_the_exact_count_of_largest_weights():
+    params = three_layers()
+    mask = pruning.magnitude(params, masks.ones_like(params), target_density=0.1)
+    n = 40 * 30 + 30 * 20 + 3 * 3 * 4 * 2
+    assert sum(v for k, v in kept_per_leaf(mask).items() if k.endswith("kernel")) == int(np.floor(0.1 * n + 0.5))
+    assert kept_per_leaf(mask)["a/bias"] == 30
+    kept = np.concatenate([np.abs(np.asarray(p))[np.asarray(m)] for p, m in
+                           zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask)) if p.ndim >= 2])
+    dropped = np.concatenate([np.abs(np.asarray(p))[~np.asarray(m)] for p, m in
+                              zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask)) if p.ndim >= 2])
+    assert kept.min() >= dropped.max()
+    again = pruning.magnitude(params, mask, target_density=0.05)  # nested
+    assert all(np.all(np.asarray(b) <= np.asarray(a)) for a, b in
+               zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(again)))
+    with pytest.raises(LthError, match="above the mask's density"):
+        pruning.magnitude(params, again, target_density=0.2)
+
+
+def test_uniform_and_erk_distributions():
+    params = three_layers()
+    ones = masks.ones_like(params)
+    uniform = kept_per_leaf(pruning.magnitude(params, ones, target_density=0.25, distribution="uniform"))
+    assert (uniform["a/kernel"], uniform["b/kernel"], uniform["c/kernel"]) == (300, 150, 18)
+    shapes = {"a/kernel": (40, 30), "b/kernel": (30, 20), "c/kernel": (3, 3, 4, 2)}
+    d = pruning.layer_densities(shapes, 0.6, "erk")
+    assert d["c/kernel"] == 1.0  # the small conv kernel would pass 1: kept dense
+    assert d["a/kernel"] / d["b/kernel"] == pytest.approx((70 / 1200) / (50 / 600))
+    n = {k: np.prod(s) for k, s in shapes.items()}
+    assert sum(d[k] * n[k] for k in n) == pytest.approx(0.6 * sum(n.values()))
+    erk = kept_per_leaf(pruning.random(jax.random.key(0), ones, target_density=0.6, distribution="erk"))
+    assert all(erk[k] == int(np.floor(d[k] * n[k] + 0.5)) for k in n)
+    with pytest.raises(LthError, match="unknown distribution"):
+        pruning.magnitude(params, ones, target_density=0.5, distribution="er")
+
+
+def test_traced_fraction_is_clipped():
+    params = three_layers()
+    ones = masks.ones_like(params)
+    prune = jax.jit(lambda f: pruning.magnitude(params, ones, f))
+    assert masks.density(prune(20.0)) == 0.0 and masks.density(prune(-3.0)) == 1.0
+    assert masks.density(prune(0.5)) == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(LthError, match=r"must be in \[0, 1\)"):
+        pruning.magnitude(params, ones, 20.0)
