@@ -110,21 +110,6 @@ def test_bad_fractions_and_names():
         pruning.magnitude(params, masks.ones_like(params), 0.2, scope="local")
 
 
-def test_units_to_weights_mlp_and_conv_flatten():
-    params = make_params()
-    keep = np.array([True, False, True, True, False])
-    mask = pruning.units_to_weights(params, {"dense_0": keep})
-    np.testing.assert_array_equal(np.asarray(mask["dense_0"]["kernel"]), np.tile(keep, (6, 1)))
-    np.testing.assert_array_equal(np.asarray(mask["dense_0"]["bias"]), keep)
-    np.testing.assert_array_equal(np.asarray(mask["dense_1"]["kernel"]), np.tile(keep[:, None], (1, 4)))
-    conv = {"conv_0": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)},
-            "dense_0": {"kernel": jnp.ones((2 * 2 * 2, 3))}}
-    m = pruning.units_to_weights(conv, {"conv_0": np.array([False, True])})
-    assert not np.any(m["conv_0"]["kernel"][..., 0]) and np.all(m["conv_0"]["kernel"][..., 1])
-    rows = np.asarray(m["dense_0"]["kernel"])[:, 0]
-    assert rows.tolist() == [False, True] * 4  # NHWC flatten: channel is the fastest axis
-
-
 def test_mask_save_load_roundtrip(tmp_path):
     params = make_params()
     mask = pruning.magnitude(params, masks.ones_like(params), 0.3)

@@ -1,0 +1,114 @@
+"""Unit masks follow the model's data flow, never the order of names."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax import masks, models, units
+from lth_jax.errors import LthError
+
+
+class EncDecOut(nn.Module):
+    """Names whose sorted order (dec, enc, out) is not the data flow (enc, dec, out)."""
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(6, name="enc")(x))
+        x = nn.relu(nn.Dense(5, name="dec")(x))
+        return nn.Dense(3, name="out")(x)
+
+
+class ConvFlatten(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(2, (3, 3), name="conv")(x))
+        return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+
+class Concat(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.concatenate([nn.Dense(4, name="a")(x), nn.Dense(4, name="b")(x)], -1)
+        return nn.Dense(2, name="out")(x)
+
+
+def zeroed(model, variables, x, where: dict):
+    """The model's output with the given channels of the given layers' outputs set to 0."""
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        name = "/".join(context.module.path)
+        if context.method_name == "__call__" and name in where:
+            out = out * where[name].astype(out.dtype)
+        return out
+    with nn.intercept_methods(interceptor):
+        return model.apply(variables, x)
+
+
+def test_enc_dec_out_masks_the_layer_that_reads_the_units():
+    model, x = EncDecOut(), jax.random.normal(jax.random.key(1), (4, 7))
+    variables = model.init(jax.random.key(0), x)
+    fl = units.flow(model, variables, x)
+    assert fl.consumers == {"enc": ("dec",), "dec": ("out",), "out": ()}
+    keep = np.array([True, False, True, True, False, True])
+    mask = units.to_weights(variables["params"], {"enc": keep}, fl)
+    np.testing.assert_array_equal(mask["enc"]["kernel"], np.tile(keep, (7, 1)))
+    np.testing.assert_array_equal(mask["enc"]["bias"], keep)
+    np.testing.assert_array_equal(mask["dec"]["kernel"], np.tile(keep[:, None], (1, 5)))
+    assert np.all(mask["out"]["kernel"])  # the sorted-name pairing cleared half of it
+    pruned = {"params": masks.apply(variables["params"], mask)}
+    np.testing.assert_allclose(model.apply(pruned, x), zeroed(model, variables, x, {"enc": jnp.asarray(keep)}),
+                               rtol=1e-6, atol=1e-6)
+    assert units.Flow.from_consumers(variables["params"], {"enc": ["dec"], "dec": ["out"]}).consumers == fl.consumers
+
+
+def test_conv_then_flatten_reads_every_position_of_a_channel():
+    model, x = ConvFlatten(), jax.random.normal(jax.random.key(1), (2, 2, 2, 1))
+    variables = model.init(jax.random.key(0), x)
+    mask = units.to_weights(variables["params"], {"conv": np.array([False, True])}, units.flow(model, variables, x))
+    assert not np.any(mask["conv"]["kernel"][..., 0]) and np.all(mask["conv"]["kernel"][..., 1])
+    assert np.asarray(mask["head"]["kernel"])[:, 0].tolist() == [False, True] * 4  # NHWC: channel fastest
+
+
+def test_resnet20_residual_channels_are_tied_and_batchnorm_masked():
+    model = models.get("resnet20", num_classes=10, width=4)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)  # threefry init compiles 4x slower
+    fl = units.flow(model, variables, x)
+    stage0 = ("stem_conv", "block_0_0/conv_1", "block_0_1/conv_1", "block_0_2/conv_1")
+    stage1 = ("block_1_0/conv_1", "block_1_0/shortcut_conv", "block_1_1/conv_1", "block_1_2/conv_1")
+    groups = {frozenset(g) for g in fl.groups}
+    assert frozenset(stage0) in groups and frozenset(stage1) in groups
+    assert frozenset({"block_0_0/conv_0"}) in groups
+    # through the identity shortcuts the stem's channels reach every block of stage 0 and stage 1's entry
+    assert set(fl.consumers["stem_conv"]) == {"block_0_0/conv_0", "block_0_1/conv_0", "block_0_2/conv_0",
+                                              "block_1_0/conv_0", "block_1_0/shortcut_conv"}
+    assert fl.norms["block_1_0/shortcut_conv"] == ("block_1_0/shortcut_bn",)
+    keep = np.array([True, False, True, False])
+    mask = units.to_weights(variables["params"], {"block_0_1/conv_1": keep}, fl)  # one member: the whole group
+    p = mask
+    assert not np.any(p["stem_conv"]["kernel"][..., 1]) and not np.any(p["block_0_2"]["conv_1"]["kernel"][..., 3])
+    assert not p["stem_bn"]["scale"][1] and not p["block_0_0"]["bn_1"]["bias"][3]
+    assert not np.any(p["block_1_0"]["conv_0"]["kernel"][:, :, 1, :])  # stage 1 reads the tied stream
+    pruned = {**variables, "params": masks.apply(variables["params"], mask)}
+    where = {n: jnp.asarray(keep) for n in ("stem_bn", "block_0_0/bn_1", "block_0_1/bn_1", "block_0_2/bn_1")}
+    np.testing.assert_allclose(model.apply(pruned, x), zeroed(model, variables, x, where), rtol=1e-5, atol=1e-5)
+    jitted = jax.jit(lambda k: units.to_weights(variables["params"], {"stem_conv": k}, fl))(jnp.asarray(keep))
+    for a, b in zip(jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(mask)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_concatenation_and_bad_unit_masks_are_refused():
+    model, x = Concat(), jnp.ones((2, 3))
+    variables = model.init(jax.random.key(0), x)
+    fl = units.flow(model, variables, x)
+    with pytest.raises(LthError, match="concatenated"):
+        units.to_weights(variables["params"], {"a": np.ones(4, bool)}, fl)
+    model, x = EncDecOut(), jnp.ones((2, 7))
+    variables = model.init(jax.random.key(0), x)
+    fl = units.flow(model, variables, x)
+    with pytest.raises(LthError, match="not a layer with a kernel"):
+        units.to_weights(variables["params"], {"nope": np.ones(6, bool)}, fl)
+    with pytest.raises(LthError, match=r"has shape \(5,\), the layer has 6 units"):
+        units.to_weights(variables["params"], {"enc": np.ones(5, bool)}, fl)
+    with pytest.raises(LthError, match="boolean"):
+        units.to_weights(variables["params"], {"enc": np.ones(6)}, fl)
