@@ -304,3 +304,25 @@ def test_forgetting_events():
     assert jax.jit(scores.forgetting_events)(jnp.asarray(h)).dtype == jnp.int32
     with pytest.raises(LthError, match=r"\(T, N\) bool"):
         scores.forgetting_events(h.astype(int))
+
+
+def test_scores_of_a_stacked_ensemble_with_the_model():
+    """grand / el2n take stacked members when given the model: (K, N), row k = member k alone."""
+    from lth_jax import ensemble as ens
+    model = models.get("mlp", num_classes=3, widths=(8,))
+    x = jax.random.normal(jax.random.key(0), (12, 5))
+    y = jnp.arange(12) % 3
+    members = [model.init(jax.random.key(k), x[:1]) for k in range(3)]
+    stacked = ens.stack(members)
+    apply_fn = lambda v, xb: model.apply(v, xb)  # noqa: E731
+    g = scores.grand(apply_fn, stacked, x, y, model=model)
+    e = scores.el2n(apply_fn, stacked, x, y, model=model)
+    assert g.shape == e.shape == (3, 12)
+    for k in range(3):
+        np.testing.assert_allclose(g[k], scores.grand(apply_fn, members[k], x, y, model=model), rtol=1e-5)
+        np.testing.assert_allclose(e[k], scores.el2n(apply_fn, members[k], x, y), rtol=1e-6)
+    assert scores.member_count(model, stacked, x) == 3 and scores.member_count(model, members[0], x) is None
+    with pytest.raises(LthError, match="pass model="):
+        scores.grand(apply_fn, stacked, x, y)
+    with pytest.raises(LthError, match="pass model="):
+        scores.el2n(apply_fn, stacked, x, y)

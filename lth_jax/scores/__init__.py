@@ -59,7 +59,7 @@ from jax import lax
 from lth_jax import errors
 from lth_jax.scores import ghost
 
-__all__ = ["el2n", "grand", "grand_method", "input_norm", "ensemble", "forgetting_events"]
+__all__ = ["el2n", "grand", "grand_method", "input_norm", "ensemble", "forgetting_events", "member_count"]
 
 METHODS = ("auto", "fast", "vmap")
 
@@ -76,10 +76,54 @@ def _check_xy(name, x, y):
     )
 
 
-def el2n(apply_fn, variables, x, y):
-    """(N,) EL2N: || softmax(logits) - onehot(y) ||_2 per example."""
+def member_count(model, variables, x):
+    """K when `variables` are K members of `model` stacked on a leading axis
+    (`lth_jax.ensemble.stack`), None when they are one member's. Decided from
+    shapes only (an abstract `model.init`); LthError when they are neither."""
+    from lth_jax.train import mode_kwargs
+    from lth_jax.trees import named_leaves
+    sample = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
+    want = jax.eval_shape(lambda xs: model.init(jax.random.key(0), xs, **mode_kwargs(model.__call__, False)),
+                          sample)["params"]
+    want, got = named_leaves(want), named_leaves(variables["params"])
+    errors.check(set(want) == set(got), "the variables' parameters are not the model's: missing "
+                                        f"{sorted(set(want) - set(got))[:3]}, unexpected {sorted(set(got) - set(want))[:3]}")
+    if all(np.shape(got[n]) == want[n].shape for n in want):
+        return None
+    ks = {np.shape(got[n])[0] if np.shape(got[n])[1:] == want[n].shape else None for n in want}
+    errors.check(len(ks) == 1 and None not in ks, "the variables' shapes are neither the model's nor a stack of "
+                                                  "members of it (ensemble.stack)")
+    return ks.pop()
+
+
+def _stacked(score_fn, apply_fn, variables, x, y, model):
+    """Scores of a stacked ensemble (K, N), or None for a single member."""
+    if model is None:
+        return None
+    k = member_count(model, variables, x)
+    return None if k is None else ensemble(score_fn, apply_fn, variables, x, y, model=model)
+
+
+def _single(name, fn):
+    """Run fn; a flax shape error from stacked variables without `model` gets one line."""
+    import flax
+    try:
+        return fn()
+    except flax.errors.ScopeParamShapeError:
+        raise errors.LthError(f"{name}: the variables don't fit the model; for a stacked ensemble pass model= "
+                              "(the member axis is then handled inside) or use scores.ensemble") from None
+
+
+def el2n(apply_fn, variables, x, y, *, model=None):
+    """(N,) EL2N: || softmax(logits) - onehot(y) ||_2 per example.
+
+    With `model` (the flax Module apply_fn runs), variables stacked on a
+    leading member axis give (K, N): one row per member (see `ensemble`)."""
     _check_xy("el2n", x, y)
-    logits = apply_fn(variables, x)
+    stacked = _stacked(el2n, apply_fn, variables, x, y, model)
+    if stacked is not None:
+        return stacked
+    logits = _single("el2n", lambda: apply_fn(variables, x))
     p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     err = p - jax.nn.one_hot(y, logits.shape[-1], dtype=p.dtype)
     return jnp.sqrt(jnp.sum(jnp.square(err), axis=-1))
@@ -131,18 +175,23 @@ def grand_method(apply_fn, variables, x, *, model=None, method="auto"):
 
 def grand(apply_fn, variables, x, y, *, model=None, method="auto"):
     """(N,) GraNd: L2 norm over all parameters of the gradient of each
-    example's cross-entropy (see the module docstring for `method`)."""
+    example's cross-entropy (see the module docstring for `method`).
+
+    With `model`, variables stacked on a leading member axis give (K, N), one
+    row per member, each on the fast path (see `ensemble`)."""
     _check_xy("grand", x, y)
     errors.check(
         hasattr(variables, "get") and variables.get("params") is not None,
         "grand: variables must be a dict with a 'params' collection",
     )
-    how, layers = grand_method(apply_fn, variables, x, model=model, method=method)
-    if how == "fast":
-        sq = ghost.sq_norms(apply_fn, variables, x, y, layers)
-    else:
-        sq = _vmap_sq_norms(apply_fn, variables, x, y)
-    return jnp.sqrt(jnp.maximum(sq, 0.0))
+    if model is not None and member_count(model, variables, x) is not None:
+        return ensemble(functools.partial(grand, method=method), apply_fn, variables, x, y, model=model)
+    def single():
+        how, layers = grand_method(apply_fn, variables, x, model=model, method=method)
+        if how == "fast":
+            return ghost.sq_norms(apply_fn, variables, x, y, layers)
+        return _vmap_sq_norms(apply_fn, variables, x, y)
+    return jnp.sqrt(jnp.maximum(_single("grand", single), 0.0))
 
 
 def _takes_model(score_fn) -> bool:
