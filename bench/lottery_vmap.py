@@ -55,8 +55,9 @@ def build(name, k, args):
     import jax.numpy as jnp
     import numpy as np
 
+    from lth_jax import ensemble, models, optim, pruning
     from lth_jax import masks as masks_lib
-    from lth_jax import models, optim, pruning
+    from lth_jax.experiments.lottery import pruned_level_members
     from lth_jax.train import Steps, batch_indices, create_state, init_variables
 
     cfg = SETUPS[name]
@@ -67,13 +68,12 @@ def build(name, k, args):
     def init(i):
         return init_variables(model, jax.random.fold_in(key, i), cfg["input"])["params"]
 
-    states = []
-    if k == 3:  # ticket + reinit + random_prune, as lottery.level_members builds them
+    if k == 3:  # ticket + reinit + random_prune of one replicate, built as the lottery experiment builds them
         params = init(0)
         mask = pruning.magnitude(params, masks_lib.ones_like(params), 0.2, "layerwise", {"output/kernel": 0.1})
-        states.append(create_state(params, {}, tx, mask))
-        states.append(create_state(init(1), {}, tx, mask))
-        states.append(create_state(params, {}, tx, pruning.random_like(jax.random.PRNGKey(7), mask)))
+        stacked, _, _ = pruned_level_members(lambda key: {"params": init(1)}, tx, ensemble.stack([{"params": params}]),
+                                             ensemble.stack([mask]), rewind_step=0, control_key=jax.random.PRNGKey(7))
+        states = ensemble.unstack(stacked)
     else:  # an ensemble: K dense members
         states = [create_state(init(i), {}, tx) for i in range(k)]
 

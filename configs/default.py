@@ -2,6 +2,10 @@
 
 MLP 40-100-100-10, Adam, 10 pruning levels of 20% (global, down to 10.7%), reset to
 initialisation, 2 replicates, with both controls; a few minutes on 2 CPU cores.
+
+Run (also what plain `python main.py` runs):
+
+    python main.py --config configs/default.py --workdir runs/default
 """
 from configs import base
 

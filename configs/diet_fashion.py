@@ -3,7 +3,12 @@ EL2N from a 10-member MLP ensemble two epochs in, GraNd and input norm, and
 training on 30/50/70% of the examples kept hardest, easiest or at random
 (3 seeds), each for as many steps as the full-data run. Add
 --config.diet.label_noise=0.1 to flip 10% of the labels and measure how well
-each score finds them."""
+each score finds them.
+
+Run:
+
+    python main.py --config configs/diet_fashion.py --workdir runs/diet_fashion
+"""
 from configs import base
 
 

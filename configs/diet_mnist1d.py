@@ -1,4 +1,9 @@
-"""A small data-diet run on MNIST-1D: a few minutes on 2 CPU cores."""
+"""A small data-diet run on MNIST-1D: a few minutes on 2 CPU cores.
+
+Run:
+
+    python main.py --config configs/diet_mnist1d.py --workdir runs/diet_mnist1d
+"""
 from configs import base
 
 

@@ -4,6 +4,10 @@ cosine decay; EL2N from 10 members at epoch 20; keep the hardest 50%.
 
 For accelerator users: CIFAR-10 must be prepared with tfds beforehand
 (--config.data.data_dir=DIR). Tested here on tfds mock data.
+
+Run (on an accelerator):
+
+    python main.py --config configs/diet_resnet18_cifar10.py --workdir runs/diet_resnet18_cifar10 --config.data.data_dir=DIR
 """
 from configs import base
 

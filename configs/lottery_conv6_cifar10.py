@@ -4,6 +4,10 @@ connected layers at 20% and the output layer at 10% per level; reset to init.
 
 For accelerator users: CIFAR-10 must be prepared with tfds beforehand
 (--config.data.data_dir=DIR). Tested here on tfds mock data.
+
+Run (on an accelerator):
+
+    python main.py --config configs/lottery_conv6_cifar10.py --workdir runs/lottery_conv6_cifar10 --config.data.data_dir=DIR
 """
 from configs import base
 

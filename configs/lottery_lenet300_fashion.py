@@ -5,6 +5,10 @@ with the output layer at 10%, reset to initialisation, 5k validation
 examples for the early-stopping iteration. The paper trains 50k iterations;
 this CPU-scale default trains 3k per level (override train.steps).
 Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+
+Run:
+
+    python main.py --config configs/lottery_lenet300_fashion.py --workdir runs/lottery_lenet300_fashion
 """
 from configs import base
 

@@ -1,6 +1,11 @@
 """The MNIST-1D paper's lottery-ticket recipe (Greydanus & Kobak 2024):
 MLP 40-500-500-10, Adam 2e-2, batch 100,
-about 1500 steps per round, layerwise magnitude pruning, reset to init."""
+about 1500 steps per round, layerwise magnitude pruning, reset to init.
+
+Run:
+
+    python main.py --config configs/lottery_mnist1d.py --workdir runs/lottery_mnist1d
+"""
 from configs import base
 
 

@@ -5,6 +5,10 @@ level; rewind to iteration 500 (rewinding to 0 does not give matching tickets).
 
 For accelerator users: CIFAR-10 must be prepared with tfds beforehand
 (--config.data.data_dir=DIR). Tested here on tfds mock data.
+
+Run (on an accelerator):
+
+    python main.py --config configs/lottery_resnet20_cifar10.py --workdir runs/lottery_resnet20_cifar10 --config.data.data_dir=DIR
 """
 from configs import base
 

@@ -1,4 +1,9 @@
-"""experiment = "train": a dense MLP on MNIST-1D (generated offline)."""
+"""experiment = "train": a dense MLP on MNIST-1D (generated offline).
+
+Run:
+
+    python main.py --config configs/train_mnist1d.py --workdir runs/train_mnist1d
+"""
 from configs import base
 
 

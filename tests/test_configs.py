@@ -6,7 +6,8 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax.experiments import diet, lottery
+from lth_jax import models
+from lth_jax.experiments import common, diet, lottery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -21,6 +22,12 @@ def test_config_is_valid(name):
         lottery.check_config(cfg)
     if cfg.experiment == "diet":
         diet.check_config(cfg)
+    if cfg.experiment == "train":
+        common.check_train(cfg)
+        assert cfg.mask.path == "" or cfg.mask.path.endswith(".npz")
+    assert common.build_model(cfg, num_classes=10).__class__.__name__  # the model and its options exist
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    assert f"python main.py --config configs/{name}.py" in doc, f"configs/{name}.py: give the command in the docstring"
 
 
 @pytest.mark.parametrize("name", ["lottery_conv6_cifar10", "lottery_resnet20_cifar10"])

@@ -83,7 +83,8 @@ def test_controls_share_density_but_differ(finished):
     for r in (0, 1):
         t, ri, rp = m[f"ticket/{r}"], m[f"reinit/{r}"], m[f"random_prune/{r}"]
         assert t["density_per_leaf"] == ri["density_per_leaf"] == rp["density_per_leaf"]
-        assert t["final_test_loss"] != ri["final_test_loss"] != rp["final_test_loss"]
+        losses = (t["final_test_loss"], ri["final_test_loss"], rp["final_test_loss"])
+        assert len(set(losses)) == 3, losses  # three different networks
 
 
 def test_rewind_restores_step_k_weights_on_kept_positions(finished):

@@ -92,7 +92,7 @@ def test_loop_evaluates_and_finds_early_stop():
     records = []
     loop.run(state, 50, 10, jax.random.key(0), on_eval=lambda s, r: records.append(r), progress=False)
     assert len(records) == 5
-    assert 0 <= records[-1]["val_accuracy"] <= 1
+    assert records[-1]["val_accuracy"] > 0.6 and records[-1]["val_loss"] < records[0]["val_loss"]
     best = early_stop(records)
     assert best["val_loss"] == min(r["val_loss"] for r in records)
 

@@ -73,10 +73,6 @@ class Dataset:
         """Shape of one example, e.g. (40,) or (28, 28, 1)."""
         return tuple(self.x_train.shape[1:])
 
-    @property
-    def num_train(self) -> int:
-        return len(self.y_train)
-
     def fingerprint(self) -> str:
         """A hash of the training examples as scored: their indices, labels and
         inputs (rounded to float16). Scores files carry it, so scores are never

@@ -136,37 +136,18 @@ class Lottery:
                               seed=[self.cfg.seed, 17], labels=self.parts.dataset.y_train)
 
     def level_members(self, level, ticket_final, prev_masks):
-        """Stacked initial state, member names and data seeds of a level."""
+        """Stacked initial state, member names, data seeds and masks of a level."""
         k = self.lt.rewind_step
         if level == 0:
             states = [self.member_state(self.init_params(jax.random.fold_in(self.keys["init"], r)), None, 0)
                       for r in self.replicates]
             return ensemble.stack(states), [f"dense/{r}" for r in self.replicates], \
                 [self.data_seed(r) for r in self.replicates], None
-        rewind = self.rewound()
-        prune, random_like = self._prune, self._random_like
-        masks = prune(ticket_final, prev_masks)
-        states, names, seeds = [], [], []
-        for r in self.replicates:
-            mask = ensemble.take(masks, r)
-            rew = ensemble.take(rewind, r)
-            states.append(self.member_state(rew, mask, k))
-            names.append(f"ticket/{r}")
-            seeds.append(self.data_seed(r))
-        control_key = jax.random.fold_in(self.keys["control"], level)
-        for c in self.lt.controls:
-            for r in self.replicates:
-                mask = ensemble.take(masks, r)
-                key = jax.random.fold_in(jax.random.fold_in(control_key, CONTROLS.index(c)), r)
-                if c == "reinit":
-                    variables = self.init_params(key)
-                else:
-                    variables = ensemble.take(rewind, r)
-                    mask = random_like(key, mask)
-                states.append(self.member_state(variables, mask, k))
-                names.append(f"{c}/{r}")
-                seeds.append(self.data_seed(r))
-        return ensemble.stack(states), names, seeds, masks
+        masks = self._prune(ticket_final, prev_masks)
+        state, names, replicates = pruned_level_members(
+            self.init_params, self.parts.tx, self.rewound(), masks, rewind_step=k, controls=self.lt.controls,
+            control_key=jax.random.fold_in(self.keys["control"], level), random_like=self._random_like)
+        return state, names, [self.data_seed(r) for r in replicates], masks
 
     def instability(self, level, start_state):
         """Two copies per replicate from the level's starting point (same weights
@@ -249,6 +230,38 @@ class Lottery:
 
     def mask_path(self, level, r):
         return os.path.join(self.level_dir(level), "mask.npz" if r == 0 else f"mask_r{r}.npz")
+
+
+def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, controls=CONTROLS, control_key,
+                         random_like=pruning.random_like):
+    """The members of a pruned level, stacked: for every replicate r the
+    ticket (masks[r] on the rewind weights rewind[r]), then for each control
+    and replicate: ``reinit`` (masks[r] on init_params(key)) or
+    ``random_prune`` (a random mask with masks[r]'s per-layer counts on
+    rewind[r]); each at `rewind_step` (see `train.at_step`).
+
+    init_params(key) -> variables dict; rewind: stacked {"params", "batch_stats"}
+    of the R replicates; masks: the R stacked ticket masks. Pure in its
+    inputs (the keys are folded from `control_key`). Returns (stacked
+    TrainState, member names, the replicate of each member)."""
+    replicates = range(jax.tree_util.tree_leaves(masks)[0].shape[0])
+
+    def state(variables, mask):
+        st = create_state(variables["params"], variables.get("batch_stats", {}), tx, mask)
+        return at_step(st, rewind_step)
+    states = [state(ensemble.take(rewind, r), ensemble.take(masks, r)) for r in replicates]
+    names, owners = [f"ticket/{r}" for r in replicates], list(replicates)
+    for c in controls:
+        for r in replicates:
+            mask = ensemble.take(masks, r)
+            key = jax.random.fold_in(jax.random.fold_in(control_key, CONTROLS.index(c)), r)
+            if c == "reinit":
+                states.append(state(init_params(key), mask))
+            else:
+                states.append(state(ensemble.take(rewind, r), random_like(key, mask)))
+            names.append(f"{c}/{r}")
+            owners.append(r)
+    return ensemble.stack(states), names, owners
 
 
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:

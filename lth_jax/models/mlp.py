@@ -17,7 +17,6 @@ class MLP(nn.Module):
     num_classes: int
     widths: Sequence[int] = (100, 100)
     kernel_init: Callable = nn.initializers.glorot_normal()
-    fast_conv: bool = True  # no effect (no convolutions); every model takes it
 
     @nn.compact
     def __call__(self, x, train: bool = False):
