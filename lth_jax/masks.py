@@ -116,7 +116,7 @@ def count(mask, which=None):
     if _traced(mask):
         kept = sum((jnp.sum(m, dtype=jnp.int32) for m in chosen), jnp.zeros((), jnp.int32))
         return kept, total
-    return sum(int(np.sum(m)) for m in chosen), total
+    return sum(int(np.asarray(m).sum()) for m in chosen), total
 
 
 def density(mask, which=None):
@@ -135,7 +135,7 @@ def densities(mask, which=None) -> dict:
     (Python floats: for logging; use `density` under jit)."""
     which = which if which is not None else prunable(mask)
     kept_all, total_all = count(mask)
-    per_leaf = {n: float(np.mean(m)) for (n, m), c in
+    per_leaf = {n: float(np.asarray(m).mean()) for (n, m), c in
                 zip(named_leaves(mask).items(), jax.tree_util.tree_leaves(which)) if c}
     return {"prunable": density(mask, which), "all": kept_all / total_all, "per_leaf": per_leaf}
 

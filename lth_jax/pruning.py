@@ -228,7 +228,7 @@ def _to_density(scores_tree, mask, density, distribution, which):
     if distribution == "global":
         total = sum(int(np.size(names[n])) for n in chosen)
         if not isinstance(names[chosen[0]], jax.core.Tracer):
-            alive = sum(int(np.sum(names[n])) for n in chosen)
+            alive = sum(int(np.asarray(names[n]).sum()) for n in chosen)
             check(int(np.floor(density * total + 0.5)) <= alive,
                   f"target_density {density} is above the mask's density {alive / total:.4g}; pruning never "
                   "revives weights")
