@@ -61,6 +61,7 @@ def get_config():
     c.lottery.rewind_step = 0        # 0 = reset to initialisation; k = rewind to step k of the dense run
     c.lottery.seeds = 1              # replicates, trained side by side
     c.lottery.controls = ("reinit", "random_prune")
+    c.lottery.ap_fraction = 0.0      # share of each level's budget removed by AP (Liu et al. 2022) instead of magnitude
     c.lottery.instability_levels = ()  # levels whose rewind point gets the instability analysis
     c.lottery.instability_points = 11  # points on the line between the two copies
     # lottery tickets on a data diet (Paul et al. 2022): the dense pre-training up to

@@ -249,3 +249,25 @@ def _unflatten_into(new, group, names, keep):
         size = int(np.size(names[n]))
         new[n] = keep[offset:offset + size].reshape(np.shape(names[n]))
         offset += size
+
+
+def activate_while_pruning(params_end, params_start, mask, n_remove, which=None):
+    """AP (Liu et al. 2022): remove the `n_remove` alive prunable weights that
+    are negative at the end of the round (`params_end`) and changed least
+    over it, ``|w_end - w_start|`` smallest, ranked globally over the prunable
+    leaves (ties: earlier in flattened order). Fewer negative alive weights
+    than `n_remove`: all of them go. Pure; `n_remove` may be traced."""
+    _check(params_end, mask)
+    names = masks_lib.named_leaves(mask)
+    which = which if which is not None else masks_lib.prunable(mask)
+    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
+    end, start = masks_lib.named_leaves(params_end), masks_lib.named_leaves(params_start)
+    alive = jnp.concatenate([jnp.ravel(names[n]) for n in chosen])
+    w_end = jnp.concatenate([jnp.ravel(end[n]).astype(jnp.float32) for n in chosen])
+    w_start = jnp.concatenate([jnp.ravel(start[n]).astype(jnp.float32) for n in chosen])
+    candidate = alive & (w_end < 0)
+    order = ranks(jnp.where(candidate, jnp.abs(w_end - w_start), jnp.inf))
+    keep = alive & ~(candidate & (order < n_remove))
+    new = dict(names)
+    _unflatten_into(new, chosen, names, keep)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(mask), [new[n] for n in names])

@@ -211,3 +211,21 @@ def test_finished_run_extends_with_more_levels(tmp_path, finished):
     other = tiny(lottery__rewind_step=20, lottery__levels=3, lottery__fraction=0.3)
     with pytest.raises(LthError, match="finished run"):
         lottery.run(other, workdir, progress=False)
+
+
+def test_ap_takes_its_share_of_the_budget_from_negative_weights(finished, tmp_path):
+    _, workdir, _ = finished
+    ap_cfg = tiny(lottery__rewind_step=20, lottery__ap_fraction=0.25, lottery__levels=1, lottery__seeds=1)
+    ap_dir = str(tmp_path / "ap")
+    lottery.run(ap_cfg, ap_dir, progress=False)
+    plain, with_ap = leaf_masks(workdir, 1), leaf_masks(ap_dir, 1)  # replicate 0 of both: same level 0
+    kernels = [n for n in plain if n.endswith("kernel")]
+    assert sum(int(with_ap[n].sum()) for n in kernels) == sum(int(plain[n].sum()) for n in kernels)  # same budget
+    example = lottery.Lottery(ap_cfg, str(tmp_path / "x"), progress=False).init_params(jax.random.key(0))["params"]
+    final = masks.named_leaves(ensemble.take(npz.load(os.path.join(ap_dir, "levels", "0", "ticket_final.npz"),
+                                                      ensemble.stack([example])), 0))
+    by_ap = {n: plain[n] & ~with_ap[n] for n in kernels}  # kept by magnitude alone, removed with AP
+    assert sum(int(v.sum()) for v in by_ap.values()) > 0
+    assert all(np.all(np.asarray(final[n])[by_ap[n]] < 0) for n in kernels)
+    with pytest.raises(LthError, match="ap_fraction must be in"):
+        lottery.check_config(tiny(lottery__ap_fraction=1.0))

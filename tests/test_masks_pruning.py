@@ -180,3 +180,18 @@ def test_traced_fraction_is_clipped():
     assert masks.density(prune(0.5)) == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(LthError, match=r"must be in \[0, 1\)"):
         pruning.magnitude(params, ones, 20.0)
+
+
+def test_activate_while_pruning_removes_negative_weights_that_moved_least():
+    start = {"a": {"kernel": jnp.array([[0.5, -0.2], [0.1, -0.9]])}, "b": {"kernel": jnp.array([[-0.3], [0.4]])}}
+    end = {"a": {"kernel": jnp.array([[0.6, -0.25], [-0.1, -0.3]])}, "b": {"kernel": jnp.array([[-0.31], [0.2]])}}
+    mask = masks.ones_like(start)
+    # negative at the end: a[0,1] (moved 0.05), a[1,0] (0.2), a[1,1] (0.6), b[0,0] (0.01)
+    two = pruning.activate_while_pruning(end, start, mask, 2)
+    assert np.asarray(two["a"]["kernel"]).tolist() == [[True, False], [True, True]]
+    assert np.asarray(two["b"]["kernel"]).tolist() == [[False], [True]]
+    every = pruning.activate_while_pruning(end, start, mask, 10)  # only the 4 negative ones can go
+    assert int(sum(np.sum(~np.asarray(m)) for m in jax.tree_util.tree_leaves(every))) == 4
+    dead = {"a": {"kernel": jnp.array([[True, False], [True, True]])}, "b": {"kernel": jnp.ones((2, 1), bool)}}
+    again = pruning.activate_while_pruning(end, start, dead, 1)  # a dead weight is never counted
+    assert np.asarray(again["b"]["kernel"]).tolist() == [[False], [True]]

@@ -5,7 +5,12 @@ Level 0 trains the dense network (one member per replicate seed). Each level
 L >= 1 prunes `lottery.fraction` of the remaining weights of the previous
 level's trained ticket, rewinds the survivors to step k (`rewind_step`; 0 =
 initialisation) and trains again from step k: the learning-rate schedule and
-the data order continue from k, optimizer moments start from zero.
+the data order continue from k, optimizer moments start from zero. With
+``lottery.ap_fraction`` = a > 0, the share a of each level's budget is
+removed by AP instead (Activate-while-Pruning, Liu et al. 2022: the alive
+negative weights whose change over the level's training, from the rewind
+point to the trained ticket, is smallest; global over the prunable leaves);
+e.g. fraction 0.2 and a = 0.1 give the authors' 18% magnitude + 2% AP.
 
 Controls at each level, trained in the same compiled program as the ticket
 (the members of one vmapped state, sharing each replicate's batches):
@@ -63,6 +68,8 @@ def check_config(cfg) -> None:
         check(lt.pretrain_selection in subsets.METHODS,
               f"lottery.pretrain_selection must be one of {', '.join(subsets.METHODS)}, got {lt.pretrain_selection!r}")
         subsets.check_fraction(lt.pretrain_fraction)
+    check(0 <= lt.ap_fraction < 1, f"lottery.ap_fraction must be in [0, 1) (the share of each level's pruning "
+                                   f"budget removed by AP), got {lt.ap_fraction}")
     for level in lt.instability_levels:
         check(0 <= level <= lt.levels, f"lottery.instability_levels has {level}, outside [0, levels = {lt.levels}]")
 
@@ -75,11 +82,28 @@ class Lottery:
         self.rundir = RunDir(workdir)
         self.replicates = list(range(self.lt.seeds))
         self.layer_fractions = dict(self.lt.layer_fractions)
-        self._prune = jax.jit(jax.vmap(lambda p, m: pruning.magnitude(p, m, self.lt.fraction, self.lt.scope,
-                                                                      self.layer_fractions)))
+        self._prune = jax.jit(jax.vmap(self.prune))
         self._random_like = jax.jit(pruning.random_like)
         # read (and checked) before the workdir is touched
         self.pretrain = self.pretrain_subset() if self.lt.pretrain_scores else None
+
+    def prune(self, trained, mask, start):
+        """One level's new mask from the trained ticket: `lottery.fraction` of the
+        remaining weights by magnitude, of which the share `ap_fraction` is
+        instead removed by AP (negative weights that moved least from `start`,
+        the weights the level trained from). The level removes as many weights
+        as without AP: magnitude takes (1 - ap_fraction) of every rate, AP the
+        rest of the plain budget."""
+        lt = self.lt
+        if not lt.ap_fraction:
+            return pruning.magnitude(trained, mask, lt.fraction, lt.scope, self.layer_fractions)
+        def kept(m):
+            return masks_lib.count(m, masks_lib.prunable(m))[0]
+        budget = kept(mask) - kept(pruning.magnitude(trained, mask, lt.fraction, lt.scope, self.layer_fractions))
+        share = 1 - lt.ap_fraction
+        new = pruning.magnitude(trained, mask, lt.fraction * share, lt.scope,
+                                {k: v * share for k, v in self.layer_fractions.items()})
+        return pruning.activate_while_pruning(trained, start, new, budget - (kept(mask) - kept(new)))
 
     # ---- members -------------------------------------------------------------------------
     def init_params(self, key):
@@ -143,9 +167,10 @@ class Lottery:
                       for r in self.replicates]
             return ensemble.stack(states), [f"dense/{r}" for r in self.replicates], \
                 [self.data_seed(r) for r in self.replicates], None
-        masks = self._prune(ticket_final, prev_masks)
+        rewind = self.rewound()
+        masks = self._prune(ticket_final, prev_masks, rewind["params"])
         state, names, replicates = pruned_level_members(
-            self.init_params, self.parts.tx, self.rewound(), masks, rewind_step=k, controls=self.lt.controls,
+            self.init_params, self.parts.tx, rewind, masks, rewind_step=k, controls=self.lt.controls,
             control_key=jax.random.fold_in(self.keys["control"], level), random_like=self._random_like)
         return state, names, [self.data_seed(r) for r in replicates], masks
 
