@@ -44,6 +44,7 @@ def get_config():
     c.train.eval_every = 250
     c.train.checkpoint_every = 500   # must be a multiple of eval_every to take effect
     c.train.eval_batch_size = 1000
+    c.train.log_activations = False  # dead-neuron rates (dynamic, static) at every evaluation, on the val set
     c.train.device_data = True       # keep the train set on the device, batches gathered in the compiled loop
 
     c.mask = config_dict.ConfigDict()

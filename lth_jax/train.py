@@ -264,6 +264,17 @@ class Steps:
         correct = (jnp.argmax(out, -1) == y) if self.classifies else jnp.zeros_like(weight)
         return jnp.sum(losses * weight), jnp.sum(correct * weight)
 
+    def dead_rates(self, params, batch_stats, x):
+        """Pooled (dynamic, static) dead-neuron rates of the model's ReLUs on
+        the batch x in evaluation mode (see `lth_jax.activations`), per member
+        for a stack."""
+        from lth_jax import activations
+
+        def one(p, b):
+            r = activations.dead_rates(lambda v, xb: self.apply(v[0], v[1], xb, train=False)[0], (p, b), x)
+            return r["dynamic_all"], r["static_all"]
+        return jax.vmap(one)(params, batch_stats) if self.members else one(params, batch_stats)
+
     def evaluate_padded(self, params, batch_stats, xs, ys, ws):
         """Summed loss and correct count over padded batches (n, batch, ...)."""
         evaluate = self._eval()
@@ -283,7 +294,7 @@ def compiled(steps: Steps) -> dict:
     once). The scans donate their input state: callers pass a state they own."""
     return {"scan": jax.jit(steps.scan_steps, donate_argnums=0),
             "scan_host": jax.jit(steps.scan_batches, donate_argnums=0, static_argnames=("per_member",)),
-            "evaluate": jax.jit(steps.evaluate_padded)}
+            "evaluate": jax.jit(steps.evaluate_padded), "dead_rates": jax.jit(steps.dead_rates)}
 
 
 def batch_indices(seed, num_examples: int, batch_size: int, start: int, stop: int) -> np.ndarray:

@@ -62,10 +62,15 @@ class Trainer:
     inside the compiled loop (fast when it fits); False gathers on the host.
     sampler: optional function (start, stop) -> (stop - start, batch) example
     indices, replacing the shuffled epochs of `seed`.
+    log_activations: add the pooled dead-neuron rates of the model's ReLUs
+    ("dead_dynamic", "dead_static", see `lth_jax.activations`) to every
+    evaluation, measured on the first `eval_batch_size` examples of the
+    "val" set (or of the first evaluation set).
     """
 
     def __init__(self, steps: Steps, x_train, y_train, eval_sets: dict, *, batch_size: int,
-                 seed, eval_batch_size: int = 1000, device_data: bool = True, put: Callable = None):
+                 seed, eval_batch_size: int = 1000, device_data: bool = True, put: Callable = None,
+                 log_activations: bool = False):
         n = len(x_train)
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(batch_size <= n, f"batch_size {batch_size} is larger than the training set ({n} examples); "
@@ -84,6 +89,12 @@ class Trainer:
                           + (len(x),) for name, (x, y) in eval_sets.items()}
         fns = compiled(steps)
         self._scan, self._scan_host, self._eval = fns["scan"], fns["scan_host"], fns["evaluate"]
+        self._dead = fns["dead_rates"]
+        self.activation_batch = None
+        if log_activations and eval_sets:
+            name = "val" if "val" in eval_sets else next(iter(eval_sets))
+            x = np.asarray(eval_sets[name][0])[:eval_batch_size]
+            self.activation_batch = put(x)
 
     def _labels(self, y):
         return np.asarray(y, np.int32) if self.steps.classifies else np.asarray(y)
@@ -154,6 +165,9 @@ class Trainer:
             out[f"{name}_loss"] = np.asarray(loss) / n
             if self.steps.classifies:
                 out[f"{name}_accuracy"] = np.asarray(correct) / n
+        if self.activation_batch is not None:
+            dynamic, static = self._dead(state.params, state.batch_stats, self.activation_batch)
+            out["dead_dynamic"], out["dead_static"] = np.asarray(dynamic), np.asarray(static)
         return out
 
     def run(self, state: TrainState, stop: int, eval_every: int, key, *, on_eval: Callable = None,
@@ -203,7 +217,8 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
         batch_size: int = 128, seed=0, start_step: int = 0, loss="cross_entropy", rngs: tuple = ("dropout",),
         augment: Callable | None = None, eval_data: dict | None = None, eval_every: int | None = None,
         eval_batch_size: int = 1000, callbacks: tuple = (), sampler: Callable | None = None,
-        members: bool = False, progress: bool | str = False, donate: bool = False):
+        members: bool = False, log_activations: bool = False, progress: bool | str = False,
+        donate: bool = False):
     """Train `model` for `steps` optimizer steps; the one training call of lth_jax.
 
     The steps run as jit-compiled `lax.scan` chunks (one chunk between two
@@ -242,6 +257,9 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
       sampler: optional function (start, stop) -> (stop - start, batch_size)
         int array of example indices for steps [start, stop); replaces the
         shuffled epochs (a data subset, a curriculum).
+      log_activations: add the dead-neuron rates of the ReLUs ("dead_dynamic",
+        "dead_static", on the first `eval_batch_size` examples of the "val" or
+        first eval set) to every record (see `lth_jax.activations`).
       members: `variables` are a stack of K members (`ensemble.stack`, each leaf
         with a leading K axis; `mask` stacked too), trained together by vmap
         on shared batches.
@@ -284,7 +302,7 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
     if steps_.classifies:
         _check_labels(steps_, state, x, y, eval_data)
     trainer = Trainer(steps_, x, y, dict(eval_data or {}), batch_size=batch_size, seed=seed,
-                      eval_batch_size=eval_batch_size)
+                      eval_batch_size=eval_batch_size, log_activations=log_activations)
     if sampler is not None:
         trainer.sampler = sampler
     history = []

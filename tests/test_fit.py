@@ -230,3 +230,16 @@ def test_wrap_update_needs_params():
     wrapped = masks.wrap(optax.sgd(0.1), masks.ones_like(params))
     with pytest.raises(LthError, match="needs params"):
         wrapped.update(params, wrapped.init(params))
+
+
+def test_log_activations_records_the_dead_neuron_rates():
+    from lth_jax import activations
+    x, y = data()
+    model = DeterministicKeyword()
+    variables = model.init(jax.random.key(0), x[:1])
+    state, history = fit(model, variables, optax.sgd(0.1), (x, y), 20, eval_data={"val": (x[:100], y[:100])},
+                         log_activations=True)
+    direct = activations.dead_rates(lambda v, xb: model.apply(v, xb), state.variables, x[:100])
+    assert history[-1]["dead_dynamic"] == pytest.approx(float(direct["dynamic_all"]))
+    assert history[-1]["dead_static"] == pytest.approx(float(direct["static_all"]))
+    assert 0 < history[-1]["dead_dynamic"] < 1

@@ -229,3 +229,14 @@ def test_ap_takes_its_share_of_the_budget_from_negative_weights(finished, tmp_pa
     assert all(np.all(np.asarray(final[n])[by_ap[n]] < 0) for n in kernels)
     with pytest.raises(LthError, match="ap_fraction must be in"):
         lottery.check_config(tiny(lottery__ap_fraction=1.0))
+
+
+def test_dead_neuron_rates_logged_and_drawn(tmp_path):
+    cfg = tiny(train__log_activations=True, lottery__levels=1, lottery__seeds=1)
+    workdir = str(tmp_path / "dnr")
+    summary = lottery.run(cfg, workdir, progress=False)
+    first = json.loads(open(os.path.join(workdir, "levels", "1", "metrics.jsonl")).readline())
+    assert len(first["dead_dynamic"]) == 3 and all(0 < v < 1 for v in first["dead_dynamic"])  # 3 members
+    ticket = summary["levels"][1]["kinds"]["ticket"]
+    assert 0 < ticket["final_dead_dynamic"]["mean"] < 1 and 0 <= ticket["final_dead_static"]["mean"] < 1
+    assert os.path.exists(os.path.join(workdir, "plots", "dead_neurons.png"))

@@ -84,7 +84,7 @@ def build(cfg, members: bool = False) -> Parts:
         eval_sets["val"] = (dataset.x_val, dataset.y_val)
     trainer = Trainer(steps, dataset.x_train, dataset.y_train, eval_sets, batch_size=cfg.train.batch_size,
                       seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
-                      put=layout.put if layout else None)
+                      put=layout.put if layout else None, log_activations=cfg.train.log_activations)
     return Parts(dataset, model, tx, steps, trainer, layout)
 
 

@@ -10,7 +10,8 @@ from lth_jax.figures import format_table, pyplot, save_figure
 from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
-           "early_stop_step", "early_stop_test_accuracy", "density", "density_all")
+           "early_stop_step", "early_stop_test_accuracy", "density", "density_all",
+           "final_dead_dynamic", "final_dead_static")  # the dead-neuron rates with train.log_activations
 KIND_STYLE = {"dense": ("black", "o"), "ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"),
               "random_prune": ("tab:green", "^")}
 
@@ -30,6 +31,9 @@ def level_result(level: int, names: list, records: list, stacked_mask) -> dict:
             "min_val_loss": curves["val_loss"][best, i], "early_stop_step": int(steps[best]),
             "early_stop_test_accuracy": curves["test_accuracy"][best, i],
             "density": d["prunable"], "density_all": d["all"], "density_per_leaf": d["per_leaf"]}
+        for rate in ("dead_dynamic", "dead_static"):
+            if rate in curves:
+                members[name][f"final_{rate}"] = curves[rate][-1, i]
     return {"level": level, "members": members,
             "curves": {"step": steps, **{k: v.T for k, v in curves.items()}}, "names": names}
 
@@ -39,7 +43,7 @@ def aggregate(result: dict) -> dict:
     kinds = {}
     for name, m in result["members"].items():
         kind = name.split("/")[0]
-        for metric in METRICS:
+        for metric in (x for x in METRICS if x in m):
             kinds.setdefault(kind, {}).setdefault(metric, []).append(m[metric])
     return {kind: {metric: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v}
                    for metric, v in ms.items()} for kind, ms in kinds.items()}
@@ -107,23 +111,15 @@ def draw(rundir, summary: dict) -> list:
     if dense:
         axes[0].axhline(100 * dense[0]["kinds"]["dense"]["early_stop_test_accuracy"]["mean"], color="gray",
                         ls="--", lw=1, label="dense")
-    from matplotlib.ticker import FixedLocator, NullFormatter
     for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stopping iteration")):
-        ax.set_xscale("log")
-        ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
-                 if t >= 0.8 * 100 * min(e["density"] for e in summary["levels"])]
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax.invert_xaxis()
-        ax.set_xlabel("% of weights remaining")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
+        _remaining_axis(ax, summary, label)
     axes[0].legend()
     fig.suptitle("lottery tickets vs. controls (mean ± std over replicates)")
     path = rundir.file("plots", "lottery.png")
     save_figure(fig, path)
     paths = [path]
+    if any("final_dead_dynamic" in k for e in summary["levels"] for k in e["kinds"].values()):
+        paths.append(_draw_dead_neurons(rundir, summary, plt))
     unstable = [(e["level"], e) for e in summary["levels"] if "instability_barrier" in e]
     if unstable:
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -139,3 +135,40 @@ def draw(rundir, summary: dict) -> list:
         save_figure(fig, path)
         paths.append(path)
     return paths
+
+
+def _remaining_axis(ax, summary, label):
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    ax.set_xscale("log")
+    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+             if t >= 0.8 * 100 * min(e["density"] for e in summary["levels"])]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _draw_dead_neurons(rundir, summary, plt) -> str:
+    """Dynamic and static dead-neuron rates at the end of each level, per kind."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, (color, marker) in KIND_STYLE.items():
+        pts = [(e["density"], e["kinds"][kind]) for e in summary["levels"]
+               if kind in e["kinds"] and "final_dead_dynamic" in e["kinds"][kind]]
+        if not pts:
+            continue
+        x = np.array([100 * p[0] for p in pts])
+        for ax, metric in zip(axes, ("final_dead_dynamic", "final_dead_static")):
+            mean = 100 * np.array([p[1][metric]["mean"] for p in pts])
+            std = 100 * np.array([p[1][metric]["std"] for p in pts])
+            ax.plot(x, mean, color=color, marker=marker, label=kind, ms=4)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+    for ax, label in zip(axes, ("dynamic dead-neuron rate (%)", "units dead on every example (%)")):
+        _remaining_axis(ax, summary, label)
+    axes[0].legend()
+    fig.suptitle("dead ReLU units at the end of training (validation set; mean ± std over replicates)")
+    path = rundir.file("plots", "dead_neurons.png")
+    save_figure(fig, path)
+    return path
