@@ -72,6 +72,15 @@ def get_config():
     c.lottery.pretrain_selection = "easiest"  # hardest | easiest | window | random
     c.lottery.pretrain_fraction = 0.1
 
+    c.unit_search = config_dict.ConfigDict()  # experiment = "unit_search"
+    c.unit_search.sparsities = (0.5, 0.75, 0.9)  # node sparsities: share of hidden units removed
+    c.unit_search.candidates = 32    # N random unit masks per sparsity and replicate, trained as one program
+    c.unit_search.keep = 4           # B: the searched set (lowest criterion) and the random set
+    c.unit_search.criterion_step = 100  # the criterion: validation loss at this step (0 = at initialisation)
+    c.unit_search.scope = "layerwise"   # layerwise (every layer loses the share) | global (with min_units)
+    c.unit_search.min_units = 1      # with scope global: units every hidden layer keeps at least
+    c.unit_search.seeds = 2          # replicates (parent initialisations)
+
     c.diet = config_dict.ConfigDict()  # experiment = "diet"
     c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
     c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation

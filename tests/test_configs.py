@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax import models
-from lth_jax.experiments import common, diet, lottery
+from lth_jax.experiments import common, diet, lottery, unit_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -17,7 +17,9 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "c
 @pytest.mark.parametrize("name", NAMES)
 def test_config_is_valid(name):
     cfg = importlib.import_module(f"configs.{name}").get_config()
-    assert cfg.experiment in ("train", "lottery", "diet")
+    assert cfg.experiment in ("train", "lottery", "diet", "unit_search")
+    if cfg.experiment == "unit_search":
+        unit_search.check_config(cfg)
     if cfg.experiment == "lottery":
         lottery.check_config(cfg)
     if cfg.experiment == "diet":

@@ -20,6 +20,12 @@ DIET = ["--config=configs/diet_mnist1d.py"] + SHRUNK[:-1] + ["--config.diet.memb
                       "--config.diet.score_epochs=30.0", "--config.data.validation_size=100", "--noprogress"]
 
 
+UNIT = ["--config=configs/unit_search_mnist1d.py"] + SHRUNK[:-2] + [
+    "--config.model.widths=(32,16)", "--config.unit_search.candidates=3", "--config.unit_search.keep=1",
+    "--config.unit_search.seeds=1", "--config.unit_search.sparsities=(0.5,)", "--config.unit_search.criterion_step=50",
+    "--config.data.validation_size=100", "--noprogress"]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs, made once: name -> workdir."""
@@ -84,6 +90,12 @@ def test_partial_metrics_line_is_dropped(reference, tmp_path):
 def test_diet_killed_resumes_identical(reference, tmp_path, kill_at):
     ref = reference("diet", DIET)
     killed_then_resumed(tmp_path, DIET, kill_at)
+    assert_same_outputs(ref, tmp_path)
+
+
+def test_unit_search_killed_inside_a_sparsity_resumes_identical(reference, tmp_path):
+    ref = reference("unit_search", UNIT)
+    killed_then_resumed(tmp_path, UNIT, "metrics:sparsity/0.5:150")
     assert_same_outputs(ref, tmp_path)
 
 

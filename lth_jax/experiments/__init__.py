@@ -3,9 +3,10 @@ import importlib
 
 from lth_jax.errors import unknown
 
-EXPERIMENTS = ("train", "lottery", "diet")
+EXPERIMENTS = ("train", "lottery", "diet", "unit_search")
 # config sections an experiment does not read: setting a key there is an error, not a silent no-op
-IGNORED_SECTIONS = {"train": ("lottery", "diet"), "lottery": ("mask", "diet"), "diet": ("mask", "lottery")}
+IGNORED_SECTIONS = {"train": ("lottery", "diet", "unit_search"), "lottery": ("mask", "diet", "unit_search"),
+                    "diet": ("mask", "lottery", "unit_search"), "unit_search": ("mask", "lottery", "diet")}
 
 
 def get(name: str):

@@ -1,0 +1,134 @@
+"""Per-sparsity results, the summary, the table and the plots of a unit_search run."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from lth_jax.figures import format_table, pyplot, save_figure
+
+GROUPS = ("searched", "random", "magnitude")
+STYLE = {"searched": ("tab:blue", "o"), "random": ("tab:orange", "s"), "magnitude": ("tab:green", "^")}
+METRICS = ("early_stop_test_accuracy", "early_stop_step", "final_test_accuracy")
+
+
+def members_result(names: list, records: list, unit_sets: list) -> dict:
+    """Final and early-stopping metrics of every member (early stop = minimum validation loss)."""
+    steps = [r["step"] for r in records]
+    val = np.array([np.asarray(r["val_loss"], np.float64) for r in records])
+    test = np.array([np.asarray(r["test_accuracy"], np.float64) for r in records])
+    members = {}
+    for i, name in enumerate(names):
+        best = int(np.argmin(val[:, i]))
+        members[name] = {"final_test_accuracy": float(test[-1, i]), "early_stop_step": int(steps[best]),
+                         "early_stop_test_accuracy": float(test[best, i]), "min_val_loss": float(val[best, i])}
+        if unit_sets:
+            members[name]["units"] = {"/".join(g): "".join("1" if k else "0" for k in keep)
+                                      for g, keep in unit_sets[i].items()}
+            members[name]["units_kept"] = int(sum(np.sum(k) for k in unit_sets[i].values()))
+    return {"members": members}
+
+
+def sparsity_result(sparsity, names, records, unit_sets, replicates, n, keep, criterion_step, init_eval, seed):
+    """members_result plus each candidate's criterion and the searched / random choices."""
+    out = members_result(names, records, unit_sets)
+    if criterion_step == 0:
+        criterion = np.asarray(init_eval["val_loss"], np.float64)
+    else:
+        criterion = np.asarray(next(r["val_loss"] for r in records if r["step"] == criterion_step), np.float64)
+    rng = np.random.default_rng(seed)
+    chosen = {"searched": [], "random": [], "magnitude": []}
+    for j, r in enumerate(replicates):
+        first = j * (n + 1)
+        cands = [f"candidate_{c}/{r}" for c in range(n)]
+        values = criterion[first:first + n]
+        for c, name in enumerate(cands):
+            out["members"][name]["criterion"] = float(values[c])
+        chosen["searched"] += [cands[c] for c in np.argsort(values, kind="stable")[:keep]]
+        chosen["random"] += [cands[c] for c in rng.permutation(n)[:keep]]
+        chosen["magnitude"].append(f"magnitude/{r}")
+    out.update(sparsity=sparsity, criterion_step=criterion_step, chosen=chosen)
+    return out
+
+
+def _stat(values) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def summarize(dense: dict, results: list, widths: dict, seconds: float) -> dict:
+    dense_m = list(dense["members"].values())
+    entries = []
+    for res in results:
+        m = res["members"]
+        entry = {"sparsity": res["sparsity"], "groups": {}}
+        for group in GROUPS:
+            entry["groups"][group] = {k: _stat([m[name][k] for name in res["chosen"][group]]) for k in METRICS}
+        cands = [v for k, v in m.items() if k.startswith("candidate_")]
+        rho = spearmanr([c["criterion"] for c in cands], [c["final_test_accuracy"] for c in cands])[0]
+        entry["criterion_spearman"] = None if np.isnan(rho) else float(rho)  # low loss vs high accuracy: < 0
+        entry["units_kept"] = cands[0]["units_kept"]
+        entries.append(entry)
+    return {"experiment": "unit_search", "sparsities": [r["sparsity"] for r in results],
+            "hidden_units": int(sum(widths.values())), "layers": ["/".join(g) for g in widths],
+            "dense": {k: _stat([d[k] for d in dense_m]) for k in METRICS},
+            "levels": entries, "wall_seconds": seconds}
+
+
+def _pm(stat) -> str:
+    return f"{100 * stat['mean']:.2f}±{100 * stat['std']:.2f}"
+
+
+def table_rows(summary: dict) -> list:
+    rows = []
+    for e in summary["levels"]:
+        g = e["groups"]
+        row = {"node sparsity": f"{100 * e['sparsity']:.0f}%", "units kept": e["units_kept"]}
+        for group in GROUPS:
+            row[f"{group} acc"] = _pm(g[group]["early_stop_test_accuracy"])
+        for group in ("searched", "random"):
+            row[f"{group} es-iter"] = f"{g[group]['early_stop_step']['mean']:.0f}"
+        rho = e["criterion_spearman"]
+        row["criterion rho"] = "n/a" if rho is None else f"{rho:+.2f}"
+        rows.append(row)
+    return rows
+
+
+def print_summary(summary: dict) -> None:
+    print(f"test accuracy (%) at the early-stopping iteration, mean±std; dense {_pm(summary['dense']['early_stop_test_accuracy'])}"
+          f"; criterion rho: Spearman of the candidates' criterion (val loss) with their final test accuracy")
+    rows = table_rows(summary)
+    print(format_table(rows, list(rows[0])))
+
+
+def draw(rundir, summary: dict, results: list) -> list:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = [100 * (1 - e["sparsity"]) for e in summary["levels"]]
+    for group in GROUPS:
+        color, marker = STYLE[group]
+        for ax, metric, scale in ((axes[0], "early_stop_test_accuracy", 100), (axes[1], "early_stop_step", 1)):
+            mean = np.array([e["groups"][group][metric]["mean"] for e in summary["levels"]]) * scale
+            std = np.array([e["groups"][group][metric]["std"] for e in summary["levels"]]) * scale
+            ax.plot(x, mean, color=color, marker=marker, label=group, ms=4)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+    axes[0].axhline(100 * summary["dense"]["early_stop_test_accuracy"]["mean"], color="gray", ls="--", label="dense")
+    for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stopping iteration")):
+        ax.set_xlabel("% of hidden units kept")
+        ax.set_ylabel(label)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("searched vs random unit masks (mean ± std)")
+    paths = [rundir.file("plots", "unit_search.png")]
+    save_figure(fig, paths[0])
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), squeeze=False)
+    for ax, res, e in zip(axes[0], results, summary["levels"]):
+        cands = [v for k, v in res["members"].items() if k.startswith("candidate_")]
+        ax.scatter([c["criterion"] for c in cands], [100 * c["final_test_accuracy"] for c in cands], s=12)
+        rho = e["criterion_spearman"]
+        ax.set_title(f"{100 * res['sparsity']:.0f}% of units removed, rho = " + ("n/a" if rho is None else f"{rho:+.2f}"))
+        ax.set_xlabel(f"val loss at step {res['criterion_step']} (criterion)")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.grid(alpha=0.3)
+    paths.append(rundir.file("plots", "criterion.png"))
+    save_figure(fig, paths[1])
+    return paths
