@@ -62,3 +62,11 @@ def print_outputs(workdir: str, names: list) -> None:
     print(f"results: {', '.join(os.path.join(workdir, n) for n in names)}")
     print(f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}; "
           f"redraw the plots: python -m lth_jax.report {workdir}")
+
+
+def band(ax, x, stats: list, scale: float, color, marker, label) -> None:
+    """A mean line with a ±std band from [{"mean", "std"}, ...] (times `scale`)."""
+    mean = np.array([st["mean"] for st in stats]) * scale
+    std = np.array([st["std"] for st in stats]) * scale
+    ax.plot(x, mean, color=color, marker=marker, label=label, ms=4)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)

@@ -6,7 +6,7 @@ import numpy as np
 
 from lth_jax import ensemble
 from lth_jax import masks as masks_lib
-from lth_jax.figures import format_table, pyplot, save_figure
+from lth_jax.figures import band, format_table, pyplot, save_figure
 from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
@@ -103,10 +103,7 @@ def draw(rundir, summary: dict) -> list:
             continue
         x = np.array([100 * p[0] for p in pts])
         for ax, metric, scale in ((axes[0], "early_stop_test_accuracy", 100), (axes[1], "early_stop_step", 1)):
-            mean = np.array([p[1][metric]["mean"] for p in pts]) * scale
-            std = np.array([p[1][metric]["std"] for p in pts]) * scale
-            ax.plot(x, mean, color=color, marker=marker, label=kind, ms=4)
-            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+            band(ax, x, [p[1][metric] for p in pts], scale, color, marker, kind)
     dense = [e for e in summary["levels"] if "dense" in e["kinds"]]
     if dense:
         axes[0].axhline(100 * dense[0]["kinds"]["dense"]["early_stop_test_accuracy"]["mean"], color="gray",
@@ -161,10 +158,7 @@ def _draw_dead_neurons(rundir, summary, plt) -> str:
             continue
         x = np.array([100 * p[0] for p in pts])
         for ax, metric in zip(axes, ("final_dead_dynamic", "final_dead_static")):
-            mean = 100 * np.array([p[1][metric]["mean"] for p in pts])
-            std = 100 * np.array([p[1][metric]["std"] for p in pts])
-            ax.plot(x, mean, color=color, marker=marker, label=kind, ms=4)
-            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+            band(ax, x, [p[1][metric] for p in pts], 100, color, marker, kind)
     for ax, label in zip(axes, ("dynamic dead-neuron rate (%)", "units dead on every example (%)")):
         _remaining_axis(ax, summary, label)
     axes[0].legend()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from lth_jax.figures import format_table, pyplot, save_figure
+from lth_jax.figures import band, format_table, pyplot, save_figure
 
 GROUPS = ("searched", "random", "magnitude")
 STYLE = {"searched": ("tab:blue", "o"), "random": ("tab:orange", "s"), "magnitude": ("tab:green", "^")}
@@ -106,10 +106,7 @@ def draw(rundir, summary: dict, results: list) -> list:
     for group in GROUPS:
         color, marker = STYLE[group]
         for ax, metric, scale in ((axes[0], "early_stop_test_accuracy", 100), (axes[1], "early_stop_step", 1)):
-            mean = np.array([e["groups"][group][metric]["mean"] for e in summary["levels"]]) * scale
-            std = np.array([e["groups"][group][metric]["std"] for e in summary["levels"]]) * scale
-            ax.plot(x, mean, color=color, marker=marker, label=group, ms=4)
-            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+            band(ax, x, [e["groups"][group][metric] for e in summary["levels"]], scale, color, marker, group)
     axes[0].axhline(100 * summary["dense"]["early_stop_test_accuracy"]["mean"], color="gray", ls="--", label="dense")
     for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stopping iteration")):
         ax.set_xlabel("% of hidden units kept")
