@@ -3,7 +3,7 @@ scale: MLP 40-500-500-10, 32 random unit masks per node sparsity (50%, 75%,
 90% of the hidden units removed) and replicate, all trained from the
 parent's initialisation as one vmapped program, next to structured magnitude
 pruning of units and the dense parent; the criterion is the validation loss
-after 100 steps.
+after 100 steps; 1000 steps each.
 
 Run:
 
@@ -22,7 +22,7 @@ def get_config():
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 2e-3
     c.train.batch_size = 100
-    c.train.steps = 1500
+    c.train.steps = 1000              # the dense parent's validation loss is lowest at 300-400
     c.train.eval_every = 100
     c.train.checkpoint_every = 500
     c.unit_search.candidates = 32
