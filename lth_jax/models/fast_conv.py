@@ -115,7 +115,8 @@ def _channels_last(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     )
 
 
-def _dn(nd: int):
+def channels_last_dn(nd: int):
+    """Dimension numbers of an NHWC / HWIO / NHWC convolution with `nd` spatial axes."""
     spatial = "DHW"[-nd:] if nd <= 3 else None
     if spatial is None:  # > 3 spatial dims: spell out the specs
         lhs = (0, nd + 1) + tuple(range(1, nd + 1))
@@ -132,7 +133,7 @@ def _forward(static, lhs, rhs):
         strides,
         pads,
         rhs_dilation=dilation,
-        dimension_numbers=_dn(lhs.ndim - 2),
+        dimension_numbers=channels_last_dn(lhs.ndim - 2),
         precision=precision,
         preferred_element_type=pref,
     )
@@ -164,7 +165,7 @@ def _fast_bwd(static, lhs, rhs, g):
     if g.size == 0 or lhs.size == 0:
         return _lax_bwd(static, lhs, rhs, g)
     nd = lhs.ndim - 2
-    dn = _dn(nd)
+    dn = channels_last_dn(nd)
     in_spatial = lhs.shape[1:-1]
     k_spatial = rhs.shape[:-2]
     out_spatial = g.shape[1:-1]

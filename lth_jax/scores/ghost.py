@@ -268,9 +268,7 @@ def _conv_sq_scan(geometry, x, g):
     it never becomes a grouped convolution."""
     ks, strides, pads, dilation = geometry
     nd = len(ks)
-    spec = "DHW"[-nd:] if nd <= 3 else None
-    dn = ("N" + spec + "C", spec + "IO", "N" + spec + "C") if spec else lax.ConvDimensionNumbers(
-        (0, nd + 1) + tuple(range(1, nd + 1)), (nd + 1, nd) + tuple(range(nd)), (0, nd + 1) + tuple(range(1, nd + 1)))
+    dn = fast_conv.channels_last_dn(nd)
     in_spatial, out_spatial = x.shape[1:-1], g.shape[1:-1]
     x_pads = [(lo, (k - 1) * d + (ho - 1) * s + 1 - h - lo)
               for h, k, d, s, (lo, _), ho in zip(in_spatial, ks, dilation, strides, pads, out_spatial)]
