@@ -105,3 +105,25 @@ def test_bad_config_is_one_line(key, value, message):
     with pytest.raises(LthError, match=message) as e:
         unit_search.check_config(tiny(**{key: value}))
     assert "\n" not in str(e.value)
+
+
+def test_conv6_channels_reach_the_flattened_dense_layer():
+    """The CIFAR config's model: channel masks of conv_5 become rows of dense_0 (NHWC flatten)."""
+    import jax
+    import jax.numpy as jnp
+    from configs import unit_search_conv6_cifar10
+    from lth_jax import units
+    from lth_jax.experiments import common
+    cfg = unit_search_conv6_cifar10.get_config()
+    unit_search.check_config(cfg)
+    model = common.build_model(cfg, num_classes=10)
+    x = jnp.ones((2, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    fl = units.flow(model, variables, x)
+    hidden = [g[0] for g in fl.groups if any(fl.consumers[layer] for layer in g)]
+    assert hidden == [f"conv_{i}" for i in range(6)] + ["dense_0", "dense_1"]
+    keep = np.arange(256) % 4 != 0
+    mask = units.to_weights(variables["params"], {"conv_5": keep}, fl)
+    rows = np.asarray(mask["dense_0"]["kernel"])[:, 0]
+    assert rows.tolist() == np.tile(keep, len(rows) // 256).tolist()
+    assert not np.asarray(mask["conv_5"]["kernel"])[..., ~keep].any()
