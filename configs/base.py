@@ -58,10 +58,11 @@ def get_config():
     c.lottery.levels = 5             # pruning rounds after the dense level 0
     c.lottery.fraction = 0.2         # share of the remaining prunable weights removed per level
     c.lottery.scope = "global"       # global (one |w| threshold across layers) | layerwise
+    c.lottery.granularity = "weights"  # weights | units (structured IMP: each hidden layer loses `fraction` of its units)
     c.lottery.layer_fractions = config_dict.ConfigDict()  # per-leaf rates, e.g. {"output/kernel": 0.1}; 0 = not pruned
     c.lottery.rewind_step = 0        # 0 = reset to initialisation; k = rewind to step k of the dense run
     c.lottery.seeds = 1              # replicates, trained side by side
-    c.lottery.controls = ("reinit", "random_prune")
+    c.lottery.controls = ("reinit", "random_prune")  # also "shuffle": the ticket's mask shuffled in each layer
     c.lottery.ap_fraction = 0.0      # share of each level's budget removed by AP (Liu et al. 2022) instead of magnitude
     c.lottery.instability_levels = ()  # levels whose rewind point gets the instability analysis
     c.lottery.instability_points = 11  # points on the line between the two copies

@@ -88,7 +88,7 @@ def synflow_scores(apply_fn, params, mask, input_shape, dtype=None):
 
 
 def _keep(scores, mask, target_density, distribution, which):
-    return pruning._to_density(scores, mask, target_density, distribution, which)
+    return pruning.to_density(scores, mask, target_density, distribution, which)
 
 
 def snip(loss_fn, params, mask, batches, target_density, *, distribution="global", which=None):
@@ -125,21 +125,14 @@ def synflow(apply_fn, params, mask, input_shape, target_density, *, rounds: int 
             mask = _keep(synflow_scores(apply_fn, params, mask, input_shape)[0], mask, d, distribution, which)
         return mask
     names = masks_lib.named_leaves(mask)
-    which = which if which is not None else masks_lib.prunable(mask)
-    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
-    check(chosen, "synflow: no prunable leaves; pass `which` naming them")
+    chosen = pruning.chosen_leaves(mask, which, "synflow")
     total = sum(int(np.size(names[n])) for n in chosen)
     n_keep = jnp.asarray([int(np.floor(d * total + 0.5)) for d in densities], jnp.int32)
 
     def one_round(m, keep_count):
         scores, value = synflow_scores(apply_fn, params, m, input_shape)
-        score_leaves, alive = masks_lib.named_leaves(scores), masks_lib.named_leaves(m)
-        flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]).astype(jnp.float32) for n in chosen])
-        flat_alive = jnp.concatenate([jnp.ravel(alive[n]) for n in chosen])
-        keep = pruning._keep_top(flat_scores, flat_alive, keep_count)
-        new = dict(alive)
-        pruning._unflatten_into(new, chosen, alive, keep)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(m), [new[n] for n in names]), value
+        keep = pruning.keep_top(pruning.flat(scores, chosen, jnp.float32), pruning.flat(m, chosen), keep_count)
+        return pruning.with_flat(m, chosen, keep), value
     mask, values = jax.lax.scan(one_round, mask, n_keep)
     if not isinstance(values, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(values))):
         raise LthError("synflow: the network's output overflowed (R is not finite); enable float64 "

@@ -73,7 +73,7 @@ def ranks(flat):
     return jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
 
 
-def _keep_top(scores, alive, n_keep):
+def keep_top(scores, alive, n_keep):
     """Flat bool: the `n_keep` highest-scoring alive entries (at most all alive ones)."""
     keyed = jnp.where(alive, scores, -jnp.inf)  # pruned entries rank first
     return (ranks(keyed) >= alive.size - jnp.minimum(n_keep, jnp.sum(alive))) & alive
@@ -84,7 +84,7 @@ def _keep_after_removing(scores, alive, fraction):
     fraction = jnp.clip(fraction, 0.0, 1.0)
     n_alive = jnp.sum(alive)
     n_remove = jnp.floor(fraction * n_alive + 0.5).astype(jnp.int32)
-    return _keep_top(scores, alive, n_alive - n_remove)
+    return keep_top(scores, alive, n_alive - n_remove)
 
 
 def _rank_groups(scores_tree, mask, fraction, scope, layer_fractions, which):
@@ -152,7 +152,7 @@ def magnitude(params, mask, fraction=None, scope="global", layer_fractions=None,
     scores = jax.tree_util.tree_map(jnp.abs, params)
     if target_density is not None:
         check(fraction is None, "give either fraction or target_density, not both")
-        return _to_density(scores, mask, target_density, distribution, which)
+        return to_density(scores, mask, target_density, distribution, which)
     check(fraction is not None, "magnitude needs fraction= (share of the remaining weights) or target_density=")
     return _rank_groups(scores, mask, fraction, scope, layer_fractions, which)
 
@@ -172,7 +172,7 @@ def random(key, mask, fraction=None, scope="layerwise", layer_fractions=None, wh
     scores = _uniform_like(key, mask)
     if target_density is not None:
         check(fraction is None, "give either fraction or target_density, not both")
-        return _to_density(scores, mask, target_density, distribution, which)
+        return to_density(scores, mask, target_density, distribution, which)
     check(fraction is not None, "random needs fraction= (share of the remaining weights) or target_density=")
     return _rank_groups(scores, mask, fraction, scope, layer_fractions, which)
 
@@ -214,17 +214,15 @@ def layer_densities(shapes: dict, density: float, distribution: str) -> dict:
         dense.update(over)
 
 
-def _to_density(scores_tree, mask, density, distribution, which):
+def to_density(scores_tree, mask, density, distribution="global", which=None):
+    """`mask` keeping the highest `scores_tree` at `density` (the target-density
+    rule of `magnitude`; see the module docstring)."""
     check(not isinstance(density, jax.core.Tracer), "target_density must be a Python number, not a traced value "
                                                     "(the per-layer budgets are computed at trace time)")
     check(0.0 <= density <= 1.0, f"target_density must be in [0, 1], got {density}")
     check(distribution in DISTRIBUTIONS, f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
     names = masks_lib.named_leaves(mask)
-    which = which if which is not None else masks_lib.prunable(mask)
-    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
-    check(chosen, "no prunable leaves to prune; pass `which` naming them")
-    score_leaves = masks_lib.named_leaves(scores_tree)
-    new = dict(names)
+    chosen = chosen_leaves(mask, which, "target_density")
     if distribution == "global":
         total = sum(int(np.size(names[n])) for n in chosen)
         if not isinstance(names[chosen[0]], jax.core.Tracer):
@@ -237,9 +235,31 @@ def _to_density(scores_tree, mask, density, distribution, which):
         per = layer_densities({n: tuple(np.shape(names[n])) for n in chosen}, density, distribution)
         groups = [([n], int(np.floor(per[n] * np.size(names[n]) + 0.5))) for n in chosen]
     for group, n_keep in groups:
-        flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]).astype(jnp.float32) for n in group])
-        flat_alive = jnp.concatenate([jnp.ravel(names[n]) for n in group])
-        _unflatten_into(new, group, names, _keep_top(flat_scores, flat_alive, n_keep))
+        mask = with_flat(mask, group, keep_top(flat(scores_tree, group, jnp.float32), flat(mask, group), n_keep))
+    return mask
+
+
+def chosen_leaves(mask, which=None, what="pruning") -> list:
+    """Names of the prunable leaves (`which`, default `masks.prunable`), in leaf order."""
+    names = masks_lib.named_leaves(mask)
+    which = which if which is not None else masks_lib.prunable(mask)
+    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
+    check(chosen, f"{what}: no prunable leaves; pass `which` naming them")
+    return chosen
+
+
+def flat(tree, names, dtype=None):
+    """The leaves `names` of `tree`, raveled and concatenated (in that order)."""
+    leaves = masks_lib.named_leaves(tree)
+    return jnp.concatenate([jnp.ravel(leaves[n]) if dtype is None else jnp.ravel(leaves[n]).astype(dtype)
+                            for n in names])
+
+
+def with_flat(mask, group, keep):
+    """`mask` with the leaves `group` replaced by the flat bool `keep` (the layout of `flat`)."""
+    names = masks_lib.named_leaves(mask)
+    new = dict(names)
+    _unflatten_into(new, group, names, keep)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(mask), [new[n] for n in names])
 
 
@@ -258,16 +278,9 @@ def activate_while_pruning(params_end, params_start, mask, n_remove, which=None)
     leaves (ties: earlier in flattened order). Fewer negative alive weights
     than `n_remove`: all of them go. Pure; `n_remove` may be traced."""
     _check(params_end, mask)
-    names = masks_lib.named_leaves(mask)
-    which = which if which is not None else masks_lib.prunable(mask)
-    chosen = [n for n, c in zip(names, jax.tree_util.tree_leaves(which)) if c]
-    end, start = masks_lib.named_leaves(params_end), masks_lib.named_leaves(params_start)
-    alive = jnp.concatenate([jnp.ravel(names[n]) for n in chosen])
-    w_end = jnp.concatenate([jnp.ravel(end[n]).astype(jnp.float32) for n in chosen])
-    w_start = jnp.concatenate([jnp.ravel(start[n]).astype(jnp.float32) for n in chosen])
+    chosen = chosen_leaves(mask, which, "activate_while_pruning")
+    alive = flat(mask, chosen)
+    w_end, w_start = flat(params_end, chosen, jnp.float32), flat(params_start, chosen, jnp.float32)
     candidate = alive & (w_end < 0)
     order = ranks(jnp.where(candidate, jnp.abs(w_end - w_start), jnp.inf))
-    keep = alive & ~(candidate & (order < n_remove))
-    new = dict(names)
-    _unflatten_into(new, chosen, names, keep)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(mask), [new[n] for n in names])
+    return with_flat(mask, chosen, alive & ~(candidate & (order < n_remove)))

@@ -40,6 +40,7 @@ Or without tracing, name the consumers yourself:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -47,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax import masks as masks_lib
-from lth_jax.errors import LthError, check
+from lth_jax import pruning
+from lth_jax.errors import check
 from lth_jax.train import mode_kwargs
 from lth_jax.trees import named_leaves
 
@@ -230,3 +232,59 @@ def to_weights(params, unit_masks: dict, flow_: Flow, mask=None):
             rows = jnp.tile(keep, fan_in // width)
             new[kernel] = new[kernel] & rows.reshape((1,) * (np.ndim(names[kernel]) - 2) + (fan_in, 1))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [new[n] for n in names])
+
+
+# ---- structured pruning: units ranked by their incoming weights --------------------------------
+def hidden_groups(flow_: Flow) -> tuple:
+    """The tied groups whose outputs another kernel layer reads: the hidden units."""
+    return tuple(g for g in flow_.groups if any(flow_.consumers[layer] for layer in g))
+
+
+def _per_unit(tree, flow_, group, reduce):
+    leaves = named_leaves(tree)
+    width = flow_.width[group[0]]
+    return [reduce(jnp.reshape(leaves[f"{layer}/kernel"], (-1, width))) for layer in group]
+
+
+def alive_units(mask, flow_: Flow) -> dict:
+    """{first layer of each hidden group: bool vector}: a unit is alive while
+    any of its incoming weights is (in any layer of its group)."""
+    return {g[0]: functools.reduce(jnp.logical_or, _per_unit(mask, flow_, g, lambda k: k.any(0)))
+            for g in hidden_groups(flow_)}
+
+
+def incoming_l1(params, flow_: Flow, mask=None) -> dict:
+    """{first layer of each hidden group: float vector}: the L1 norm of each
+    unit's incoming weights (alive ones where `mask` is given; for a Conv, its
+    whole kernel slice), summed over the layers of its group."""
+    kept = params if mask is None else masks_lib.apply(params, mask)
+    return {g[0]: sum(_per_unit(kept, flow_, g, lambda k: jnp.abs(k).astype(jnp.float32).sum(0)))
+            for g in hidden_groups(flow_)}
+
+
+def magnitude(params, mask, fraction, flow_: Flow):
+    """Structured magnitude pruning: every hidden group loses
+    ``floor(fraction * n_alive + 0.5)`` of its n_alive alive units (keeping at
+    least one), those whose incoming weights have the smallest L1 norm
+    (`incoming_l1`; ties: lower index first), and the weight mask is `mask`
+    minus the removed units (`to_weights`). Pure; jit-safe with `fraction` traced."""
+    masks_lib.check(mask, params)
+    fraction = jnp.clip(fraction, 0.0, 1.0)
+    alive, norms = alive_units(mask, flow_), incoming_l1(params, flow_, mask)
+    keep = {}
+    for layer, a in alive.items():
+        n_alive = jnp.sum(a)
+        n_keep = jnp.maximum(1, n_alive - jnp.floor(fraction * n_alive + 0.5).astype(n_alive.dtype))
+        keep[layer] = pruning.keep_top(norms[layer], a, n_keep)
+    return to_weights(params, keep, flow_, mask)
+
+
+def random_like(key, mask, flow_: Flow):
+    """The random-units control: as many alive units in every hidden group as
+    `mask` has, chosen uniformly at random, as a weight mask on an all-kept
+    mask (not nested in `mask`). Pure and jit-safe."""
+    alive = alive_units(mask, flow_)
+    keys = jax.random.split(key, len(alive))
+    keep = {layer: pruning.keep_top(jax.random.uniform(k, a.shape), jnp.ones_like(a), jnp.sum(a))
+            for k, (layer, a) in zip(keys, alive.items())}
+    return to_weights(mask, keep, flow_)

@@ -61,3 +61,17 @@ def assert_same_outputs(reference, resumed):
     assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
     different = [k for k in a if a[k] != b[k]]
     assert not different, f"files differ after resume: {different}"
+
+
+# Runs shrunk to seconds: the crash tests' command lines.
+SHRUNK = ["--config.train.steps=200", "--config.train.eval_every=50", "--config.train.checkpoint_every=100",
+          "--config.data.source.num_samples=1000", "--config.model.widths=(32,)", "--noprogress"]
+LOTTERY = SHRUNK + ["--config.lottery.levels=1", "--config.lottery.seeds=1"]
+REWIND_K = LOTTERY + ["--config.lottery.rewind_step=100"]
+DIET = ["--config=configs/diet_mnist1d.py"] + SHRUNK[:-1] + ["--config.diet.members=2", "--config.diet.seeds=1",
+                      "--config.diet.fractions=(0.5,)", "--config.diet.full_data=False",
+                      "--config.diet.score_epochs=30.0", "--config.data.validation_size=100", "--noprogress"]
+UNIT = ["--config=configs/unit_search_mnist1d.py"] + SHRUNK[:-2] + [
+    "--config.model.widths=(32,16)", "--config.unit_search.candidates=3", "--config.unit_search.keep=1",
+    "--config.unit_search.seeds=1", "--config.unit_search.sparsities=(0.5,)", "--config.unit_search.criterion_step=50",
+    "--config.data.validation_size=100", "--noprogress"]

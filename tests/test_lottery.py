@@ -181,7 +181,11 @@ def test_instability_reports_a_barrier(tmp_path):
     (dict(lottery__levels=-1), "levels must be >= 0"),
     (dict(lottery__fraction=1.0), "fraction must be in (0, 1)"),
     (dict(lottery__fraction=0.0), "fraction must be in (0, 1)"),
-    (dict(lottery__controls=("shuffle",)), "unknown lottery control"),
+    (dict(lottery__controls=("shuffled",)), "unknown lottery control"),
+    (dict(lottery__controls=("reinit", "reinit")), "lists a control twice"),
+    (dict(lottery__granularity="neurons"), "granularity must be one of weights, units"),
+    (dict(lottery__granularity="units", lottery__scope="global"), "set lottery.scope = 'layerwise'"),
+    (dict(lottery__granularity="units"), "leave them unset"),  # tiny() sets layer_fractions
 ])
 def test_bad_lottery_config(tmp_path, over, message):
     with pytest.raises(LthError) as e:
@@ -240,3 +244,24 @@ def test_dead_neuron_rates_logged_and_drawn(tmp_path):
     ticket = summary["levels"][1]["kinds"]["ticket"]
     assert 0 < ticket["final_dead_dynamic"]["mean"] < 1 and 0 <= ticket["final_dead_static"]["mean"] < 1
     assert os.path.exists(os.path.join(workdir, "plots", "dead_neurons.png"))
+
+
+def test_structured_imp_removes_whole_units_and_its_controls(tmp_path, capsys):
+    cfg = tiny(lottery__granularity="units", lottery__layer_fractions={}, lottery__seeds=1,
+               lottery__controls=("random_prune", "shuffle"))
+    workdir = str(tmp_path / "units")
+    summary = lottery.run(cfg, workdir, progress=False)
+    assert "% units" in capsys.readouterr().out
+    # 24 hidden units: level 1 removes floor(0.2 * 24 + 0.5) = 5, level 2 removes floor(0.2 * 19 + 0.5) = 4
+    assert [e["kinds"]["ticket"]["unit_density"]["mean"] for e in summary["levels"][1:]] == [19 / 24, 15 / 24]
+    names = [f"{k}/0" for k in ("ticket", "random_prune", "shuffle")]
+    ticket = leaf_masks(workdir, 2)
+    hidden, out = ticket["dense_0/kernel"], ticket["output/kernel"]
+    kept = hidden.all(0)
+    assert int(kept.sum()) == 15 and np.array_equal(hidden, np.broadcast_to(kept, hidden.shape))  # whole columns
+    assert np.array_equal(out, np.broadcast_to(kept[:, None], out.shape))  # and the rows that read them
+    result = json.load(open(os.path.join(workdir, "levels", "2", "result.json")))
+    dens = {n: result["members"][n]["density_per_leaf"] for n in names}
+    assert dens["random_prune/0"] == dens["ticket/0"] == dens["shuffle/0"]  # same per-layer counts
+    assert result["members"]["random_prune/0"]["unit_density"] == 15 / 24  # random units: still structured
+    assert result["members"]["shuffle/0"]["unit_density"] > 15 / 24  # shuffled weights: scattered over units

@@ -112,3 +112,45 @@ def test_concatenation_and_bad_unit_masks_are_refused():
         units.to_weights(variables["params"], {"enc": np.ones(5, bool)}, fl)
     with pytest.raises(LthError, match="boolean"):
         units.to_weights(variables["params"], {"enc": np.ones(6)}, fl)
+
+
+def test_structured_magnitude_removes_the_weakest_units_of_every_hidden_layer():
+    model = EncDecOut()
+    x = jnp.ones((2, 4))
+    params = model.init(jax.random.key(0), x)["params"]
+    fl = units.flow(model, {"params": params}, x)
+    assert sorted(g[0] for g in units.hidden_groups(fl)) == ["dec", "enc"]  # "out" feeds nothing
+    mask = masks.ones_like(params)
+    mask = units.to_weights(params, {"enc": np.array([True] * 5 + [False])}, fl, mask)  # unit 5 already gone
+    new = jax.jit(lambda p, m: units.magnitude(p, m, 0.4, fl))(params, mask)
+    norms = {k: np.abs(np.asarray(params[k]["kernel"])).sum(0) for k in ("enc", "dec")}
+    # enc: 5 alive, removes floor(0.4 * 5 + 0.5) = 2 of them, the smallest L1 norms among units 0-4
+    expect_enc = np.zeros(6, bool)
+    expect_enc[np.argsort(-norms["enc"][:5], kind="stable")[:3]] = True
+    alive = units.alive_units(new, fl)
+    np.testing.assert_array_equal(np.asarray(alive["enc"]), expect_enc)
+    expect_dec = np.zeros(5, bool)  # 5 alive, 2 removed; the norms see enc's removed input rows as 0
+    kept_rows = np.asarray(units.alive_units(mask, fl)["enc"])
+    dec_norm = (np.abs(np.asarray(params["dec"]["kernel"])) * kept_rows[:, None]).sum(0)
+    expect_dec[np.argsort(-dec_norm, kind="stable")[:3]] = True
+    np.testing.assert_array_equal(np.asarray(alive["dec"]), expect_dec)
+    np.testing.assert_array_equal(np.asarray(new["dec"]["kernel"]), expect_enc[:, None] & expect_dec[None, :])
+    assert bool(jnp.all(~new["enc"]["kernel"] | mask["enc"]["kernel"]))  # nested
+    # never below one unit
+    last = units.magnitude(params, new, 0.99, fl)
+    assert [int(a.sum()) for a in units.alive_units(last, fl).values()] == [1, 1]
+
+
+def test_random_units_keep_each_layers_unit_count():
+    model = EncDecOut()
+    x = jnp.ones((2, 4))
+    params = model.init(jax.random.key(0), x)["params"]
+    fl = units.flow(model, {"params": params}, x)
+    ticket = units.magnitude(params, masks.ones_like(params), 0.5, fl)
+    a = jax.jit(lambda k, m: units.random_like(k, m, fl))(jax.random.key(1), ticket)
+    b = units.random_like(jax.random.key(2), ticket, fl)
+    counts = {k: int(v.sum()) for k, v in units.alive_units(ticket, fl).items()}
+    for drawn in (a, b):
+        assert {k: int(v.sum()) for k, v in units.alive_units(drawn, fl).items()} == counts
+    assert any(bool(jnp.any(u != v)) for u, v in zip(units.alive_units(a, fl).values(),
+                                                       units.alive_units(b, fl).values()))

@@ -12,11 +12,23 @@ negative weights whose change over the level's training, from the rewind
 point to the trained ticket, is smallest; global over the prunable leaves);
 e.g. fraction 0.2 and a = 0.1 give the authors' 18% magnitude + 2% AP.
 
+With ``lottery.granularity = "units"`` (structured IMP) a level removes
+`fraction` of every hidden layer's alive units instead of weights: those
+whose incoming weights in the trained ticket have the smallest L1 norm
+(`lth_jax.units.magnitude`), expanded to weight masks through the traced data
+flow. This is iterative structured magnitude pruning with rewinding; it
+prunes each layer by the same share (``scope = "layerwise"``).
+
 Controls at each level, trained in the same compiled program as the ticket
 (the members of one vmapped state, sharing each replicate's batches):
 - ``reinit``: the ticket's mask on a fresh random initialisation;
 - ``random_prune``: a random mask with the ticket's per-layer density, on the
-  ticket's own rewind weights.
+  ticket's own rewind weights (with units: random units, as many per layer
+  as the ticket keeps);
+- ``shuffle``: the ticket's mask shuffled within each layer, on the rewind
+  weights (Frankle et al. 2021's sanity check). With weight granularity it
+  is the same distribution as ``random_prune`` (a fresh draw); with units it
+  is the unstructured control at the ticket's layer densities.
 
 Each level is a stage (``lth_jax.stages``) in ``levels/L/``: ``checkpoints/``
 (removed once the level is done), ``metrics.jsonl``, ``result.json`` (per
@@ -29,6 +41,7 @@ running one from its last checkpoint, to the same numbers.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -36,16 +49,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import ensemble, figures, npz, pruning, subsets
+from lth_jax import ensemble, figures, npz, pruning, subsets, units
 from lth_jax import masks as masks_lib
 from lth_jax.errors import check
 from lth_jax.experiments import common, lottery_report
+from lth_jax.experiments.lottery_report import CONTROLS
 from lth_jax.files import read_json
 from lth_jax.stages import Stage
 from lth_jax.train import at_step, create_state, init_variables
 from lth_jax.workdir import RunDir
 
-CONTROLS = ("reinit", "random_prune")
+GRANULARITIES = ("weights", "units")
+_shuffle = jax.jit(pruning.random_like)
 
 
 def check_config(cfg) -> None:
@@ -60,6 +75,15 @@ def check_config(cfg) -> None:
     check(lt.seeds >= 1, f"lottery.seeds (replicates) must be >= 1, got {lt.seeds}")
     for c in lt.controls:
         check(c in CONTROLS, f"unknown lottery control {c!r}; valid: {', '.join(CONTROLS)}")
+    check(len(set(lt.controls)) == len(lt.controls), f"lottery.controls lists a control twice: {tuple(lt.controls)}")
+    check(lt.granularity in GRANULARITIES,
+          f"lottery.granularity must be one of {', '.join(GRANULARITIES)}, got {lt.granularity!r}")
+    if lt.granularity == "units":
+        check(lt.scope == "layerwise", "lottery.granularity = 'units' removes the same share of every hidden "
+                                       "layer's units: set lottery.scope = 'layerwise'")
+        check(not lt.layer_fractions and not lt.ap_fraction,
+              "lottery.layer_fractions and lottery.ap_fraction act on weights; with lottery.granularity = 'units' "
+              "leave them unset")
     check(cfg.data.validation_size > 0, "the lottery experiment needs a validation split for the early-stopping "
                                         "iteration: set data.validation_size > 0")
     if lt.pretrain_scores:
@@ -82,8 +106,14 @@ class Lottery:
         self.rundir = RunDir(workdir)
         self.replicates = list(range(self.lt.seeds))
         self.layer_fractions = dict(self.lt.layer_fractions)
+        self.flow = None
+        if self.lt.granularity == "units":
+            ds = self.parts.dataset
+            self.flow = units.flow(self.parts.model, self.init_params(self.keys["init"]), ds.x_train[:4])
+            check(units.hidden_groups(self.flow), "lottery.granularity = 'units': the model has no hidden layers")
         self._prune = jax.jit(jax.vmap(self.prune))
-        self._random_like = jax.jit(pruning.random_like)
+        self._random_like = jax.jit(pruning.random_like if self.flow is None else
+                                    functools.partial(units.random_like, flow_=self.flow))
         # read (and checked) before the workdir is touched
         self.pretrain = self.pretrain_subset() if self.lt.pretrain_scores else None
 
@@ -95,6 +125,8 @@ class Lottery:
         as without AP: magnitude takes (1 - ap_fraction) of every rate, AP the
         rest of the plain budget."""
         lt = self.lt
+        if self.flow is not None:
+            return units.magnitude(trained, mask, lt.fraction, self.flow)
         if not lt.ap_fraction:
             return pruning.magnitude(trained, mask, lt.fraction, lt.scope, self.layer_fractions)
         def kept(m):
@@ -181,7 +213,6 @@ class Lottery:
         tickets = ensemble.take(start_state, np.arange(R))
         pair = ensemble.stack([ensemble.take(tickets, r) for r in self.replicates for _ in (0, 1)])
         seeds = [self.data_seed(r, copy) for r in self.replicates for copy in (1, 2)]
-        names = [f"copy{c}/{r}" for r in self.replicates for c in (1, 2)]
         trainer = self.parts.trainer
         trainer.set_members(seeds)
         trained = trainer.run(self.put(pair), self.cfg.train.steps, self.cfg.train.eval_every, self.keys["augment"],
@@ -241,6 +272,11 @@ class Lottery:
         state = self.train(level, stage, state, names, seeds)
         R = len(self.replicates)
         result = lottery_report.level_result(level, names, stage.records, state.mask)
+        if self.flow is not None:
+            for i, name in enumerate(names):
+                alive = units.alive_units(ensemble.take(state.mask, i), self.flow)
+                result["members"][name]["unit_density"] = float(sum(int(a.sum()) for a in alive.values()) /
+                                                                sum(a.size for a in alive.values()))
         if level in self.lt.instability_levels:
             if level == 0:  # the dense net's copies start from the rewind point
                 rewound = self.rewound()
@@ -261,8 +297,9 @@ def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, co
                          random_like=pruning.random_like):
     """The members of a pruned level, stacked: for every replicate r the
     ticket (masks[r] on the rewind weights rewind[r]), then for each control
-    and replicate: ``reinit`` (masks[r] on init_params(key)) or
-    ``random_prune`` (a random mask with masks[r]'s per-layer counts on
+    and replicate: ``reinit`` (masks[r] on init_params(key)), ``random_prune``
+    (random_like(key, masks[r]) on rewind[r]) or ``shuffle``
+    (`pruning.random_like`: masks[r] shuffled within each leaf, on
     rewind[r]); each at `rewind_step` (see `train.at_step`).
 
     init_params(key) -> variables dict; rewind: stacked {"params", "batch_stats"}
@@ -282,6 +319,8 @@ def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, co
             key = jax.random.fold_in(jax.random.fold_in(control_key, CONTROLS.index(c)), r)
             if c == "reinit":
                 states.append(state(init_params(key), mask))
+            elif c == "shuffle":
+                states.append(state(ensemble.take(rewind, r), _shuffle(key, mask)))
             else:
                 states.append(state(ensemble.take(rewind, r), random_like(key, mask)))
             names.append(f"{c}/{r}")

@@ -11,9 +11,11 @@ from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
            "early_stop_step", "early_stop_test_accuracy", "density", "density_all",
-           "final_dead_dynamic", "final_dead_static")  # the dead-neuron rates with train.log_activations
+           "final_dead_dynamic", "final_dead_static",  # the dead-neuron rates with train.log_activations
+           "unit_density")  # with lottery.granularity = "units": the share of hidden units alive
 KIND_STYLE = {"dense": ("black", "o"), "ticket": ("tab:blue", "o"), "reinit": ("tab:orange", "s"),
-              "random_prune": ("tab:green", "^")}
+              "random_prune": ("tab:green", "^"), "shuffle": ("tab:purple", "v")}
+CONTROLS = ("reinit", "random_prune", "shuffle")
 
 
 def level_result(level: int, names: list, records: list, stacked_mask) -> dict:
@@ -68,10 +70,12 @@ def table_rows(summary: dict) -> list:
     for entry in summary["levels"]:
         k = entry["kinds"]
         main = k.get("ticket", k.get("dense"))
-        row = {"level": entry["level"], "% remaining": f"{100 * entry['density']:.2f}",
-               "ticket acc": _pm(main["early_stop_test_accuracy"]),
-               "ticket es-iter": f"{main['early_stop_step']['mean']:.0f}"}
-        for c in ("reinit", "random_prune"):
+        row = {"level": entry["level"], "% remaining": f"{100 * entry['density']:.2f}"}
+        if "unit_density" in main:
+            row["% units"] = f"{100 * main['unit_density']['mean']:.1f}"
+        row.update({"ticket acc": _pm(main["early_stop_test_accuracy"]),
+                    "ticket es-iter": f"{main['early_stop_step']['mean']:.0f}"})
+        for c in CONTROLS:
             if c in k:
                 row[f"{c} acc"] = _pm(k[c]["early_stop_test_accuracy"])
         if "instability_barrier" in entry:
@@ -96,10 +100,8 @@ def draw(rundir, summary: dict) -> list:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for kind, (color, marker) in KIND_STYLE.items():
-        pts = [(e["density"], e["kinds"][kind]) for e in summary["levels"] if kind in e["kinds"]]
-        if kind == "ticket":  # the dense network is the ticket at 100%
-            pts = [(e["density"], e["kinds"]["dense"]) for e in summary["levels"] if "dense" in e["kinds"]] + pts
-        if not pts or kind == "dense":
+        pts = _points(summary, kind, "early_stop_test_accuracy")
+        if not pts:
             continue
         x = np.array([100 * p[0] for p in pts])
         for ax, metric, scale in ((axes[0], "early_stop_test_accuracy", 100), (axes[1], "early_stop_step", 1)):
@@ -134,6 +136,16 @@ def draw(rundir, summary: dict) -> list:
     return paths
 
 
+def _points(summary, kind, metric) -> list:
+    """[(density, stats)] of a kind's levels that have `metric`; the dense
+    network is the ticket's point at 100%, not a kind of its own."""
+    if kind == "dense":
+        return []
+    kinds = ("dense", "ticket") if kind == "ticket" else (kind,)
+    return [(e["density"], e["kinds"][k]) for k in kinds for e in summary["levels"]
+            if k in e["kinds"] and metric in e["kinds"][k]]
+
+
 def _remaining_axis(ax, summary, label):
     from matplotlib.ticker import FixedLocator, NullFormatter
     ax.set_xscale("log")
@@ -152,8 +164,7 @@ def _draw_dead_neurons(rundir, summary, plt) -> str:
     """Dynamic and static dead-neuron rates at the end of each level, per kind."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for kind, (color, marker) in KIND_STYLE.items():
-        pts = [(e["density"], e["kinds"][kind]) for e in summary["levels"]
-               if kind in e["kinds"] and "final_dead_dynamic" in e["kinds"][kind]]
+        pts = _points(summary, kind, "final_dead_dynamic")
         if not pts:
             continue
         x = np.array([100 * p[0] for p in pts])

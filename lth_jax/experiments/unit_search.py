@@ -39,8 +39,7 @@ import time
 import jax
 import numpy as np
 
-from lth_jax import ensemble, figures, units
-from lth_jax import masks as masks_lib
+from lth_jax import ensemble, figures, npz, units
 from lth_jax.errors import check
 from lth_jax.experiments import common, unit_search_report
 from lth_jax.files import read_json
@@ -95,15 +94,15 @@ def sample_unit_masks(rng, widths: dict, sparsity: float, scope: str, min_units:
     return {g: np.isin(np.arange(w), rng.choice(w, size=counts[g], replace=False)) for g, w in widths.items()}
 
 
-def magnitude_unit_masks(params, widths: dict, counts: dict) -> dict:
-    """{group: bool vector}: the units with the largest L1 norm of incoming
-    weights (summed over the group's layers) of the trained `params`."""
-    leaves = masks_lib.named_leaves(params)
+def magnitude_unit_masks(params, flow_, counts: dict) -> dict:
+    """{group: bool vector}: the `counts[group]` units with the largest L1 norm
+    of incoming weights (`units.incoming_l1`) of the trained `params`."""
+    norms = units.incoming_l1(params, flow_)
     out = {}
-    for group, width in widths.items():
-        norm = sum(np.abs(np.asarray(leaves[f"{layer}/kernel"])).reshape(-1, width).sum(0) for layer in group)
-        keep = np.zeros(width, bool)
-        keep[np.argsort(-norm, kind="stable")[:counts[group]]] = True
+    for group, n in counts.items():
+        norm = np.asarray(norms[group[0]])
+        keep = np.zeros(norm.shape, bool)
+        keep[np.argsort(-norm, kind="stable")[:n]] = True
         out[group] = keep
     return out
 
@@ -117,7 +116,7 @@ class UnitSearch:
         ds = self.parts.dataset
         example = init_variables(self.parts.model, self.keys["init"], ds.input_shape)
         self.flow = units.flow(self.parts.model, example, ds.x_train[:4])
-        hidden = [g for g in self.flow.groups if any(self.flow.consumers[layer] for layer in g)]
+        hidden = units.hidden_groups(self.flow)
         check(hidden, "unit_search: the model has no hidden layers (no layer's outputs feed another layer)")
         self.widths = {g: self.flow.width[g[0]] for g in hidden}
         self.replicates = list(range(self.u.seeds))
@@ -158,7 +157,6 @@ class UnitSearch:
         finally:
             stage.close()
         like = ensemble.stack([self.init(r)["params"] for r in self.replicates])
-        from lth_jax import npz
         return npz.load(stage.file("parents.npz"), like, what="trained parents")
 
     def state(self, variables, mask):
@@ -185,7 +183,7 @@ class UnitSearch:
                     states.append(self.state(v, self.weight_mask(v["params"], um)))
                     names.append(f"candidate_{c}/{r}")
                     unit_sets.append(um)
-                um = magnitude_unit_masks(ensemble.take(parents, r), self.widths, counts)
+                um = magnitude_unit_masks(ensemble.take(parents, r), self.flow, counts)
                 states.append(self.state(v, self.weight_mask(v["params"], um)))
                 names.append(f"magnitude/{r}")
                 unit_sets.append(um)
