@@ -82,6 +82,16 @@ def get_config():
     c.unit_search.min_units = 1      # with scope global: units every hidden layer keeps at least
     c.unit_search.seeds = 2          # replicates (parent initialisations)
 
+    c.prune_at_init = config_dict.ConfigDict()  # experiment = "prune_at_init"
+    c.prune_at_init.methods = ("snip", "grasp", "synflow", "magnitude", "random")
+    c.prune_at_init.densities = (0.2, 0.05, 0.01)  # shares of the prunable weights (kernels) kept
+    c.prune_at_init.distribution = "global"  # global (one budget, by score) | uniform | erk
+    c.prune_at_init.controls = ("shuffle", "reinit")  # Frankle et al. 2021's sanity checks
+    c.prune_at_init.batches = 1      # training batches SNIP and GraSP score
+    c.prune_at_init.synflow_rounds = 100
+    c.prune_at_init.seeds = 2
+    c.prune_at_init.lottery_workdir = ""  # a finished lottery run of the same data and model, drawn alongside
+
     c.diet = config_dict.ConfigDict()  # experiment = "diet"
     c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
     c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation

@@ -70,3 +70,23 @@ def band(ax, x, stats: list, scale: float, color, marker, label) -> None:
     std = np.array([st["std"] for st in stats]) * scale
     ax.plot(x, mean, color=color, marker=marker, label=label, ms=4)
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def pm(stat) -> str:
+    """'mean±std' of a {"mean", "std"} share, in percent."""
+    return f"{100 * stat['mean']:.2f}±{100 * stat['std']:.2f}"
+
+
+def remaining_axis(ax, summary, label):
+    """A log x axis of % weights remaining (high to low) over summary["levels"]' densities."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    ax.set_xscale("log")
+    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+             if t >= 0.8 * 100 * min(e["density"] for e in summary["levels"])]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")

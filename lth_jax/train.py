@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from lth_jax import masks as masks_lib
-from lth_jax.errors import LthError, check
+from lth_jax.errors import LthError
 
 
 @flax.struct.dataclass

@@ -75,3 +75,7 @@ UNIT = ["--config=configs/unit_search_mnist1d.py"] + SHRUNK[:-2] + [
     "--config.model.widths=(32,16)", "--config.unit_search.candidates=3", "--config.unit_search.keep=1",
     "--config.unit_search.seeds=1", "--config.unit_search.sparsities=(0.5,)", "--config.unit_search.criterion_step=50",
     "--config.data.validation_size=100", "--noprogress"]
+PRUNE_AT_INIT = ["--config=configs/prune_at_init_mnist1d.py"] + SHRUNK[:-2] + [
+    "--config.model.widths=(32,16)", "--config.prune_at_init.densities=(0.1,)", "--config.prune_at_init.seeds=1",
+    "--config.prune_at_init.methods=('snip','synflow')", "--config.prune_at_init.synflow_rounds=10",
+    "--config.data.validation_size=100", "--noprogress"]

@@ -1,8 +1,8 @@
-"""The data diet and unit search, SIGKILLed inside a stage, resume to the same files
+"""The data diet, unit search and pruning at init, SIGKILLed inside a stage, resume to the same files
 (in their own file so that pytest-xdist runs them beside the lottery crash tests)."""
 import pytest
 
-from crash import DIET, UNIT, assert_same_outputs, killed_then_resumed
+from crash import DIET, PRUNE_AT_INIT, UNIT, assert_same_outputs, killed_then_resumed
 
 
 @pytest.mark.parametrize("kill_at", ["metrics:scores:150", "metrics:fractions/0.5:150"])
@@ -15,4 +15,10 @@ def test_diet_killed_resumes_identical(reference, tmp_path, kill_at):
 def test_unit_search_killed_inside_a_sparsity_resumes_identical(reference, tmp_path):
     ref = reference("unit_search", UNIT)
     killed_then_resumed(tmp_path, UNIT, "metrics:sparsity/0.5:150")
+    assert_same_outputs(ref, tmp_path)
+
+
+def test_prune_at_init_killed_inside_a_density_resumes_identical(reference, tmp_path):
+    ref = reference("prune_at_init", PRUNE_AT_INIT)
+    killed_then_resumed(tmp_path, PRUNE_AT_INIT, "metrics:density/0.1:150")
     assert_same_outputs(ref, tmp_path)

@@ -3,10 +3,10 @@ import importlib
 
 from lth_jax.errors import unknown
 
-EXPERIMENTS = ("train", "lottery", "diet", "unit_search")
+EXPERIMENTS = ("train", "lottery", "diet", "unit_search", "prune_at_init")
+_STUDIES = ("lottery", "diet", "unit_search", "prune_at_init")
 # config sections an experiment does not read: setting a key there is an error, not a silent no-op
-IGNORED_SECTIONS = {"train": ("lottery", "diet", "unit_search"), "lottery": ("mask", "diet", "unit_search"),
-                    "diet": ("mask", "lottery", "unit_search"), "unit_search": ("mask", "lottery", "diet")}
+IGNORED_SECTIONS = {"train": _STUDIES, **{e: ("mask", *(s for s in _STUDIES if s != e)) for e in _STUDIES}}
 
 
 def get(name: str):

@@ -6,7 +6,7 @@ import numpy as np
 
 from lth_jax import ensemble
 from lth_jax import masks as masks_lib
-from lth_jax.figures import band, format_table, pyplot, save_figure
+from lth_jax.figures import band, format_table, pm, pyplot, remaining_axis, save_figure
 from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
@@ -73,19 +73,15 @@ def table_rows(summary: dict) -> list:
         row = {"level": entry["level"], "% remaining": f"{100 * entry['density']:.2f}"}
         if "unit_density" in main:
             row["% units"] = f"{100 * main['unit_density']['mean']:.1f}"
-        row.update({"ticket acc": _pm(main["early_stop_test_accuracy"]),
+        row.update({"ticket acc": pm(main["early_stop_test_accuracy"]),
                     "ticket es-iter": f"{main['early_stop_step']['mean']:.0f}"})
         for c in CONTROLS:
             if c in k:
-                row[f"{c} acc"] = _pm(k[c]["early_stop_test_accuracy"])
+                row[f"{c} acc"] = pm(k[c]["early_stop_test_accuracy"])
         if "instability_barrier" in entry:
             row["instability"] = f"{entry['instability_barrier']:.4f}"
         rows.append(row)
     return rows
-
-
-def _pm(stat) -> str:
-    return f"{100 * stat['mean']:.2f}±{100 * stat['std']:.2f}"
 
 
 def print_summary(summary: dict) -> None:
@@ -111,7 +107,7 @@ def draw(rundir, summary: dict) -> list:
         axes[0].axhline(100 * dense[0]["kinds"]["dense"]["early_stop_test_accuracy"]["mean"], color="gray",
                         ls="--", lw=1, label="dense")
     for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stopping iteration")):
-        _remaining_axis(ax, summary, label)
+        remaining_axis(ax, summary, label)
     axes[0].legend()
     fig.suptitle("lottery tickets vs. controls (mean ± std over replicates)")
     path = rundir.file("plots", "lottery.png")
@@ -146,20 +142,6 @@ def _points(summary, kind, metric) -> list:
             if k in e["kinds"] and metric in e["kinds"][k]]
 
 
-def _remaining_axis(ax, summary, label):
-    from matplotlib.ticker import FixedLocator, NullFormatter
-    ax.set_xscale("log")
-    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
-             if t >= 0.8 * 100 * min(e["density"] for e in summary["levels"])]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.invert_xaxis()
-    ax.set_xlabel("% of weights remaining")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3, which="both")
-
-
 def _draw_dead_neurons(rundir, summary, plt) -> str:
     """Dynamic and static dead-neuron rates at the end of each level, per kind."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -171,7 +153,7 @@ def _draw_dead_neurons(rundir, summary, plt) -> str:
         for ax, metric in zip(axes, ("final_dead_dynamic", "final_dead_static")):
             band(ax, x, [p[1][metric] for p in pts], 100, color, marker, kind)
     for ax, label in zip(axes, ("dynamic dead-neuron rate (%)", "units dead on every example (%)")):
-        _remaining_axis(ax, summary, label)
+        remaining_axis(ax, summary, label)
     axes[0].legend()
     fig.suptitle("dead ReLU units at the end of training (validation set; mean ± std over replicates)")
     path = rundir.file("plots", "dead_neurons.png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from lth_jax.figures import band, format_table, pyplot, save_figure
+from lth_jax.figures import band, format_table, pm, pyplot, save_figure
 
 GROUPS = ("searched", "random", "magnitude")
 STYLE = {"searched": ("tab:blue", "o"), "random": ("tab:orange", "s"), "magnitude": ("tab:green", "^")}
@@ -73,17 +73,13 @@ def summarize(dense: dict, results: list, widths: dict, seconds: float) -> dict:
             "levels": entries, "wall_seconds": seconds}
 
 
-def _pm(stat) -> str:
-    return f"{100 * stat['mean']:.2f}±{100 * stat['std']:.2f}"
-
-
 def table_rows(summary: dict) -> list:
     rows = []
     for e in summary["levels"]:
         g = e["groups"]
         row = {"node sparsity": f"{100 * e['sparsity']:.0f}%", "units kept": e["units_kept"]}
         for group in GROUPS:
-            row[f"{group} acc"] = _pm(g[group]["early_stop_test_accuracy"])
+            row[f"{group} acc"] = pm(g[group]["early_stop_test_accuracy"])
         for group in ("searched", "random"):
             row[f"{group} es-iter"] = f"{g[group]['early_stop_step']['mean']:.0f}"
         rho = e["criterion_spearman"]
@@ -93,7 +89,7 @@ def table_rows(summary: dict) -> list:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"test accuracy (%) at the early-stopping iteration, mean±std; dense {_pm(summary['dense']['early_stop_test_accuracy'])}"
+    print(f"test accuracy (%) at the early-stopping iteration, mean±std; dense {pm(summary['dense']['early_stop_test_accuracy'])}"
           f"; criterion rho: Spearman of the candidates' criterion (val loss) with their final test accuracy")
     rows = table_rows(summary)
     print(format_table(rows, list(rows[0])))
