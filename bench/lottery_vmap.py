@@ -88,13 +88,18 @@ def build(name, k, args):
 
 
 def variants(name, k, args):
+    return variants_of(name, k, args, *build(name, k, args))
+
+
+def variants_of(name, k, args, single, stacked, states, x, y, rows):
+    """{variant name: timed fn} and a check, for K member `states` trained on
+    index `rows` (one per member) by `single` alone or `stacked` together."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from lth_jax import ensemble
 
-    single, stacked, states, x, y, rows = build(name, k, args)
     chunks = [(c, min(c + args.chunk, args.steps)) for c in range(0, args.steps, args.chunk)]
     # index chunks on the device: alone (n, batch) per member; vmapped shared (n, batch) or (n, K, batch)
     alone_idx = [[jnp.asarray(r[a:b]) for a, b in chunks] for r in rows]
@@ -160,54 +165,68 @@ def main():
     common.add_common_args(ap, "bench/results/lottery_vmap.json")
     ap.add_argument("--models", default="mlp,lenet", help="comma list of mlp, lenet")
     ap.add_argument("--members", default="3,8", help="comma list of K")
+    add_timing_args(ap)
+    args = parse(ap)
+    cases = [(name, k, SETUPS[name]) for name in [m.strip() for m in args.models.split(",") if m.strip()]
+             for k in [int(v) for v in args.members.split(",") if v.strip()]]
+    measure(cases, variants, args, "Lottery level: vmapped members vs sequential", {"setups": SETUPS})
+
+
+def add_timing_args(ap):
     ap.add_argument("--steps", type=int, default=None, help="steps per level (default 3000; quick 500)")
     ap.add_argument("--chunk", type=int, default=250, help="steps per compiled call (eval_every)")
     ap.add_argument("--per_member_order", action="store_true", help="each member its own data order")
     ap.add_argument("--no_xk_variant", dest="xk_variant", action="store_false",
                     help="skip the vmapped_xK variant (shared batches given a member axis)")
+
+
+def parse(ap, default_steps=3000):
     args = ap.parse_args()
     q = args.quick
     args.reps = args.reps or (2 if q else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
-    args.steps = args.steps or (500 if q else 3000)
+    args.steps = args.steps or (500 if q else default_steps)
     common.apply_xla_flags(args.xla_flags)
+    return args
+
+
+def measure(cases, make_variants, args, title, extra):
+    """Time every (name, K, setup) case's variants interleaved; print the table, write the JSON."""
     import jax  # noqa: F401  (after XLA_FLAGS)
     import lth_jax  # noqa: F401
-
+    q = args.quick
     info = common.machine_info()
     print(f"machine: {info['cpu']}, {info['cpu_count']} cores, load {info['loadavg_start']}, jax {info.get('jax')}, "
           f"XLA_FLAGS={info['XLA_FLAGS']!r}{'  [QUICK SMOKE RUN]' if q else ''}", flush=True)
-    results = {"machine": info, "quick": q, "args": vars(args), "setups": SETUPS, "cases": {}}
+    results = {"machine": info, "quick": q, "args": vars(args), **extra, "cases": {}}
     table = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for k in [int(v) for v in args.members.split(",") if v.strip()]:
-            cfg = SETUPS[name]
-            print(f"\n== {name} K={k}: {args.steps} steps x batch {cfg['batch']}, chunks of {args.chunk}, "
-                  f"{args.reps} reps", flush=True)
-            fns, check = variants(name, k, args)
-            timings, errors = common.interleaved(fns, args.reps, args.warmup, log=lambda m: print(m, flush=True))
-            sq = timings.get(f"{name}_K{k}_sequential")
-            case = {"model": cfg["model"], "members": k, "steps": args.steps, "batch": cfg["batch"],
-                    "errors": errors, "timings": timings}
-            checks = check() if sq else {}
-            case["checks"] = checks
-            for v in ("vmapped", "vmapped_xK"):
-                vm = timings.get(f"{name}_K{k}_{v}")
-                if not (vm and sq):
-                    continue
-                (vb, vmed), (sb, smed) = common.best_median(vm["times"]), common.best_median(sq["times"])
-                case[v] = dict(speedup_best=sb / vb, speedup_median=smed / vmed,
-                               ms_per_step_median=vmed / args.steps * 1e3,
-                               sequential_ms_per_member_step_median=smed / args.steps / k * 1e3, **checks.get(v, {}))
-                table.append([cfg["model"], k, v, args.steps, common.fmt(vb, 3), common.fmt(vmed, 3),
-                              common.fmt(sb, 3), common.fmt(smed, 3), common.fmt(sb / vb, 2),
-                              common.fmt(smed / vmed, 2), common.fmt(vmed / args.steps * 1e3, 3),
-                              common.fmt(smed / args.steps / k * 1e3, 3),
-                              f"{checks[v]['loss_diff_first10']:.1e}", f"{checks[v]['param_diff_end']:.1e}"])
-            results["cases"][f"{name}_K{k}"] = case
+    for name, k, cfg in cases:
+        print(f"\n== {name} K={k}: {args.steps} steps x batch {cfg['batch']}, chunks of {args.chunk}, "
+              f"{args.reps} reps", flush=True)
+        fns, check = make_variants(name, k, args)
+        timings, errors = common.interleaved(fns, args.reps, args.warmup, log=lambda m: print(m, flush=True))
+        sq = timings.get(f"{name}_K{k}_sequential")
+        case = {"model": cfg["model"], "members": k, "steps": args.steps, "batch": cfg["batch"],
+                "errors": errors, "timings": timings}
+        checks = check() if sq else {}
+        case["checks"] = checks
+        for v in ("vmapped", "vmapped_xK"):
+            vm = timings.get(f"{name}_K{k}_{v}")
+            if not (vm and sq):
+                continue
+            (vb, vmed), (sb, smed) = common.best_median(vm["times"]), common.best_median(sq["times"])
+            case[v] = dict(speedup_best=sb / vb, speedup_median=smed / vmed,
+                           ms_per_step_median=vmed / args.steps * 1e3,
+                           sequential_ms_per_member_step_median=smed / args.steps / k * 1e3, **checks.get(v, {}))
+            table.append([cfg["model"], k, v, args.steps, common.fmt(vb, 3), common.fmt(vmed, 3),
+                          common.fmt(sb, 3), common.fmt(smed, 3), common.fmt(sb / vb, 2),
+                          common.fmt(smed / vmed, 2), common.fmt(vmed / args.steps * 1e3, 3),
+                          common.fmt(smed / args.steps / k * 1e3, 3),
+                          f"{checks[v]['loss_diff_first10']:.1e}", f"{checks[v]['param_diff_end']:.1e}"])
+        results["cases"][f"{name}_K{k}"] = case
     results["machine"]["loadavg_end"] = list(os.getloadavg())
 
-    print(f"\n## Lottery level: vmapped members vs sequential{' (QUICK SMOKE RUN: not for comparison)' if q else ''}\n")
+    print(f"\n## {title}{' (QUICK SMOKE RUN: not for comparison)' if q else ''}\n")
     print(f"{info['cpu']}, {info['cpu_count']} cores; load average start {info['loadavg_start']}, end "
           f"{results['machine']['loadavg_end']}; jax {info.get('jax')}; data order "
           f"{'per member' if args.per_member_order else 'shared'}; compile excluded\n")
@@ -215,8 +234,8 @@ def main():
         ["model", "K", "variant", "steps", "vmapped s (best)", "vmapped s (med)", "sequential s (best)",
          "sequential s (med)", "speedup (best)", "speedup (med)", "vmapped ms/step (med)",
          "alone ms/step/member (med)", "max dloss 10 steps", "max dparam end"], table))
-    print("\nspeedup = sequential / vmapped. vmapped: the lottery's layout (state stacked, batch shared, "
-          "x without member axis); vmapped_xK: the same batches with a member axis (index rows (n, K, batch)). "
+    print("\nspeedup = sequential / vmapped. vmapped: the members' stacked state, batch shared "
+          "(x without member axis); vmapped_xK: the same batches with a member axis (index rows (n, K, batch)). "
           "dloss/dparam: vmapped vs sequential (float reordering only; Adam amplifies it over the steps).")
     for key, case in results["cases"].items():
         for v, e in case["errors"].items():

@@ -293,8 +293,8 @@ class Lottery:
         return os.path.join(self.level_dir(level), "mask.npz" if r == 0 else f"mask_r{r}.npz")
 
 
-def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, controls=CONTROLS, control_key,
-                         random_like=pruning.random_like):
+def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, control_key,
+                         controls=("reinit", "random_prune"), random_like=pruning.random_like):
     """The members of a pruned level, stacked: for every replicate r the
     ticket (masks[r] on the rewind weights rewind[r]), then for each control
     and replicate: ``reinit`` (masks[r] on init_params(key)), ``random_prune``
