@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax import models
+from lth_jax import experiments
 from lth_jax.experiments import common, diet, lottery, unit_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,14 +17,10 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "c
 @pytest.mark.parametrize("name", NAMES)
 def test_config_is_valid(name):
     cfg = importlib.import_module(f"configs.{name}").get_config()
-    assert cfg.experiment in ("train", "lottery", "diet", "unit_search")
-    if cfg.experiment == "unit_search":
-        unit_search.check_config(cfg)
-    if cfg.experiment == "lottery":
-        lottery.check_config(cfg)
-    if cfg.experiment == "diet":
-        diet.check_config(cfg)
-    if cfg.experiment == "train":
+    assert cfg.experiment in experiments.EXPERIMENTS
+    if cfg.experiment != "train":
+        experiments.get(cfg.experiment).check_config(cfg)
+    else:
         common.check_train(cfg)
         assert cfg.mask.path == "" or cfg.mask.path.endswith(".npz")
     assert common.build_model(cfg, num_classes=10).__class__.__name__  # the model and its options exist
@@ -64,3 +60,21 @@ def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
         summary = diet.run(cfg, str(tmp_path / "diet"), progress=False)
     assert set(summary["test_accuracy"]) == {"el2n:hardest", "random", "full"}
     assert summary["test_accuracy"]["random"]["0.5"]["kept"] == 16
+
+
+def test_unit_search_conv6_config_runs_on_mock_data(tmp_path):
+    cfg = importlib.import_module("configs.unit_search_conv6_cifar10").get_config()
+    cfg.data.validation_size = 16
+    cfg.train.batch_size = 8
+    cfg.train.eval_batch_size = 16
+    cfg.train.steps = 4
+    cfg.train.eval_every = 2
+    cfg.train.checkpoint_every = 2
+    cfg.optimizer.boundaries = ()
+    cfg.unit_search.candidates, cfg.unit_search.keep, cfg.unit_search.seeds = 2, 1, 1
+    cfg.unit_search.sparsities, cfg.unit_search.criterion_step = (0.5,), 2
+    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+        summary = unit_search.run(cfg, str(tmp_path / "us"), progress=False)
+    # Conv-6: six conv layers (64, 64, 128, 128, 256, 256 channels) and two dense (256, 256) feed another layer
+    assert summary["hidden_units"] == 2 * (64 + 128 + 256) + 2 * 256
+    assert summary["levels"][0]["units_kept"] == summary["hidden_units"] // 2

@@ -154,3 +154,16 @@ def test_random_units_keep_each_layers_unit_count():
         assert {k: int(v.sum()) for k, v in units.alive_units(drawn, fl).items()} == counts
     assert any(bool(jnp.any(u != v)) for u, v in zip(units.alive_units(a, fl).values(),
                                                        units.alive_units(b, fl).values()))
+
+
+def test_structured_magnitude_on_conv_channels_follows_the_flatten():
+    model = ConvFlatten()
+    x = jnp.ones((2, 4, 4, 1))
+    params = model.init(jax.random.key(3), x)["params"]
+    fl = units.flow(model, {"params": params}, x)
+    new = units.magnitude(params, masks.ones_like(params), 0.5, fl)  # 2 channels: 1 removed
+    norms = np.abs(np.asarray(params["conv"]["kernel"])).reshape(-1, 2).sum(0)
+    keep = np.arange(2) == int(np.argmax(norms))
+    np.testing.assert_array_equal(np.asarray(new["conv"]["kernel"]).all((0, 1, 2)), keep)
+    rows = np.asarray(new["head"]["kernel"]).all(1)  # NHWC flatten: channel j is every row with index % 2 == j
+    np.testing.assert_array_equal(rows, np.tile(keep, 16))
