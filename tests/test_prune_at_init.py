@@ -122,3 +122,19 @@ def test_lottery_workdir_of_another_model_is_refused(finished, tmp_path):
     with pytest.raises(LthError, match="trained another model"):
         prune_at_init.run(other, str(tmp_path / "x"), progress=False)
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_shuffled_snip_keeps_accuracy_at_ten_percent_on_fashion_mnist(tmp_path):
+    """Frankle et al. 2021's sanity check, the issue's acceptance figure:
+    LeNet-300-100 at 10% density, shuffled SNIP masks within 1 point of
+    SNIP's own (a shorter schedule than configs/prune_at_init_lenet300_fashion.py)."""
+    from configs import prune_at_init_lenet300_fashion
+    cfg = prune_at_init_lenet300_fashion.get_config()
+    cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_every = 1000, 250, 1000
+    cfg.prune_at_init.methods, cfg.prune_at_init.controls = ("snip",), ("shuffle",)
+    cfg.prune_at_init.densities, cfg.prune_at_init.seeds = (0.1,), 2
+    summary = prune_at_init.run(cfg, str(tmp_path / "fashion"), progress=False)
+    kinds = summary["levels"][0]["kinds"]
+    own, shuffled = (kinds[k]["early_stop_test_accuracy"]["mean"] for k in ("snip", "snip+shuffle"))
+    assert own > 0.8, own  # trained: well above chance
+    assert abs(own - shuffled) < 0.01, (own, shuffled)
