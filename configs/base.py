@@ -92,6 +92,16 @@ def get_config():
     c.prune_at_init.seeds = 2
     c.prune_at_init.lottery_workdir = ""  # a finished lottery run of the same data and model, drawn alongside
 
+    c.measures = config_dict.ConfigDict()  # experiment = "measures"
+    c.measures.widths = ()           # MLP hidden widths per architecture, e.g. ((100,), (100, 100)); or:
+    c.measures.models = ()           # model names per architecture; both empty = the config's model
+    c.measures.learning_rates = (1e-3, 3e-3)
+    c.measures.weight_decays = (0.0, 1e-4)
+    c.measures.seeds = 2
+    c.measures.label_noise = (0.0,)  # add shares > 0 for Gastpar et al.'s check (the same grid on noisy labels)
+    c.measures.stop_loss = 0.01      # a member stops when its training cross-entropy reaches this
+    c.measures.samples = 10          # Monte Carlo draws per sigma of the sharpness bisection
+
     c.diet = config_dict.ConfigDict()  # experiment = "diet"
     c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
     c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation

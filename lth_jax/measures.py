@@ -41,6 +41,7 @@ dataset-size adjustment (``0.5 * (v - log m)`` for the log measures,
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -151,7 +152,7 @@ def path_norm(apply_fn, params, input_shape, mask=None):
     product of squared weights (Neyshabur et al. 2015). `apply_fn(params, x)`
     in evaluation mode; fold BatchNorm first (`fold_batchnorm`)."""
     squared = jax.tree_util.tree_map(jnp.square, params if mask is None else masks_lib.apply(params, mask))
-    return jnp.sum(apply_fn(squared, jnp.ones((1, *input_shape), jnp.float32)))
+    return jnp.sum(_jit(apply_fn)(squared, jnp.ones((1, *input_shape), jnp.float32)))
 
 
 # ---- sharpness ----------------------------------------------------------------------------------
@@ -168,24 +169,30 @@ def perturb(key, params, mask, sigma, magnitude_eps=None):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def pac_bayes_sigma(accuracy_fn, params, mask, key, *, magnitude_eps=None, target_drop: float = 0.1,
+@functools.lru_cache(maxsize=32)
+def _mean_accuracy(accuracy_fn, samples: int, magnitude_eps):
+    """One compiled program per (accuracy_fn, samples, eps): the mean accuracy
+    of `samples` perturbed copies, evaluated as one vmapped ensemble."""
+    def mean_accuracy(params, mask, sigma, key, data):
+        copies = jax.vmap(lambda k: perturb(k, params, mask, sigma, magnitude_eps))(jax.random.split(key, samples))
+        return jnp.mean(jax.vmap(lambda q: accuracy_fn(q, *data))(copies))
+    return jax.jit(mean_accuracy)
+
+
+def pac_bayes_sigma(accuracy_fn, params, mask, key, *, data=(), magnitude_eps=None, target_drop: float = 0.1,
                     samples: int = 10, depth: int = 15, tolerance: float = 0.01, upper: float = 2.0):
     """(sigma, mean perturbed accuracy, clean accuracy): the bisection of the
-    module docstring. `accuracy_fn(params) -> training accuracy` (jit-able);
-    the `samples` perturbed copies of one sigma are evaluated as one vmapped
-    ensemble. The Python loop runs at most `depth` compiled evaluations."""
-    clean = float(jax.jit(accuracy_fn)(params))
-
-    @jax.jit
-    def mean_accuracy(sigma, k):
-        copies = jax.vmap(lambda kk: perturb(kk, params, mask, sigma, magnitude_eps))(jax.random.split(k, samples))
-        return jnp.mean(jax.vmap(accuracy_fn)(copies))
-
+    module docstring. `accuracy_fn(params, *data) -> training accuracy`
+    (jit-able; `data` are its array arguments, so one compiled program serves
+    many networks). The Python loop runs at most `depth` evaluations."""
+    mask = masks_lib.ones_like(params) if mask is None else mask
+    clean = float(_jit(accuracy_fn)(params, *data))
+    mean_accuracy = _mean_accuracy(accuracy_fn, samples, magnitude_eps)
     lower, high = 0.0, upper
     sigma, acc = upper / 2, clean
     for i in range(depth):
         sigma = (lower + high) / 2
-        acc = float(mean_accuracy(jnp.float32(sigma), jax.random.fold_in(key, i)))
+        acc = float(mean_accuracy(params, mask, jnp.float32(sigma), jax.random.fold_in(key, i), tuple(data)))
         drop = abs(clean - acc)
         if abs(drop - target_drop) < tolerance:
             break
@@ -196,6 +203,33 @@ def pac_bayes_sigma(accuracy_fn, params, mask, key, *, magnitude_eps=None, targe
     return sigma, acc, clean
 
 
+@functools.lru_cache(maxsize=64)
+def _jit(fn):
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=32)
+def _accuracy(apply_fn):
+    """accuracy(params, xs, ys) over padded chunks (label -1 = padding), one program."""
+    def accuracy(params, xs, ys):
+        correct = jax.lax.map(lambda b: jnp.sum(jnp.argmax(apply_fn(params, b[0]), -1) == b[1]), (xs, ys))
+        return jnp.sum(correct) / jnp.sum(ys >= 0)
+    return accuracy
+
+
+def chunked(x, y, chunk: int):
+    """(xs, ys): x and y in (n_chunks, chunk, ...) blocks, padded (labels -1)."""
+    m = int(x.shape[0])
+    n_chunks = -(-m // chunk)
+    pad = n_chunks * chunk - m
+    xs = jnp.concatenate([jnp.asarray(x), jnp.zeros((pad, *x.shape[1:]), jnp.asarray(x).dtype)])
+    ys = jnp.concatenate([jnp.asarray(y, jnp.int32), jnp.full((pad,), -1, jnp.int32)])
+    return xs.reshape(n_chunks, chunk, *x.shape[1:]), ys.reshape(n_chunks, chunk)
+
+
+_spectral = jax.jit(spectral_norm)
+
+
 # ---- all of Jiang et al.'s measures ---------------------------------------------------------
 def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape, scales=None, init_scales=None,
                  chunk: int = 1000, samples: int = 10) -> dict:
@@ -204,22 +238,17 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
     rewind point), on training arrays (x, y). `apply_fn(params, x) -> logits`
     in evaluation mode, BatchNorm already folded (`fold_batchnorm`; pass its
     scales for the trained and the initial network). Also returns
-    ``train_accuracy``, ``margin``, ``sigma`` and ``mag_sigma``."""
+    ``train_accuracy``, ``margin``, ``sigma`` and ``mag_sigma``. The compiled
+    programs are cached on `apply_fn`: reuse one function for many networks."""
     mask = masks_lib.ones_like(params) if mask is None else mask
     masks_lib.check(mask, params)
     m = int(x.shape[0])
-    logits_fn = jax.jit(apply_fn)
+    xs, ys = chunked(x, y, min(chunk, m))
+    logits_fn = _jit(apply_fn)
+    accuracy = _accuracy(apply_fn)
 
     def logits_all(p):
         return jnp.concatenate([logits_fn(p, x[i:i + chunk]) for i in range(0, m, chunk)])
-
-    n_chunks = -(-m // chunk)
-    pad = n_chunks * chunk - m
-    xs = jnp.reshape(jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]), (n_chunks, chunk, *x.shape[1:]))
-    ys = jnp.reshape(jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)]), (n_chunks, chunk))
-
-    def accuracy(p):  # one program over the chunks (padding has label -1: never right), vmappable
-        return jnp.sum(jax.lax.map(lambda b: jnp.sum(jnp.argmax(apply_fn(p, b[0]), -1) == b[1]), (xs, ys))) / m
 
     margin = float(output_margin(logits_all(params), y))
     w = weight_matrices(params, mask, scales)
@@ -229,12 +258,12 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
     alive = masks_lib.named_leaves(mask)
     vec = jnp.concatenate([w[n].ravel()[jnp.reshape(alive[n], -1)] for n in names]) if d else jnp.zeros(0)
     dist_vec = jnp.concatenate([(w[n] - w0[n]).ravel()[jnp.reshape(alive[n], -1)] for n in names])
-    spec = jnp.stack([spectral_norm(w[n]) ** 2 for n in names])
+    spec = jnp.stack([_spectral(w[n]) ** 2 for n in names])
     fro = jnp.stack([jnp.sum(w[n] ** 2) for n in names])
     dist_fro = jnp.stack([jnp.sum((w[n] - w0[n]) ** 2) for n in names])
-    dist_spec = jnp.stack([spectral_norm(w[n] - w0[n]) ** 2 for n in names])
+    dist_spec = jnp.stack([_spectral(w[n] - w0[n]) ** 2 for n in names])
     log_margin = math.log(margin) if margin > 0 else -math.inf
-    out = {"train_accuracy": float(jax.jit(accuracy)(params)), "margin": margin,
+    out = {"train_accuracy": float(_jit(accuracy)(params, xs, ys)), "margin": margin,
            "l2": float(jnp.linalg.norm(vec)), "l2_dist": float(jnp.linalg.norm(dist_vec)),
            "params": int(vec.size), "inverse_margin": 1.0 / margin ** 2 if margin > 0 else math.inf}
     log_prod_spec = float(jnp.sum(jnp.log(spec)))
@@ -256,8 +285,8 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
     pn = float(path_norm(apply_fn, params, input_shape, mask))
     out.update(path_norm=pn, path_norm_over_margin=pn / margin ** 2 if margin > 0 else math.inf)
     k1, k2 = jax.random.split(key)
-    sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k1, samples=samples)
-    mag_sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k2, magnitude_eps=1e-3, samples=samples)
+    sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k1, data=(xs, ys), samples=samples)
+    mag_sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k2, data=(xs, ys), magnitude_eps=1e-3, samples=samples)
     omega, eps = int(vec.size), 1e-3
 
     def bound(ref):

@@ -116,10 +116,11 @@ def linear_problem():
 def test_sharpness_bisection_ends_within_tolerance_of_the_target():
     apply_fn, params, x, y = linear_problem()
 
-    def accuracy(p):
-        return jnp.mean(jnp.argmax(apply_fn(p, x), 1) == y)
+    def accuracy(p, xb, yb):
+        return jnp.mean(jnp.argmax(apply_fn(p, xb), 1) == yb)
     for eps in (None, 1e-3):
-        sigma, acc, clean = measures.pac_bayes_sigma(accuracy, params, None, jax.random.key(11), magnitude_eps=eps)
+        sigma, acc, clean = measures.pac_bayes_sigma(accuracy, params, None, jax.random.key(11), data=(x, y),
+                                                     magnitude_eps=eps)
         assert clean == 1.0 and 0 < sigma < 2
         assert abs((clean - acc) - 0.1) <= 0.01, (eps, sigma, acc)
 

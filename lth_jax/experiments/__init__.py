@@ -3,8 +3,8 @@ import importlib
 
 from lth_jax.errors import unknown
 
-EXPERIMENTS = ("train", "lottery", "diet", "unit_search", "prune_at_init")
-_STUDIES = ("lottery", "diet", "unit_search", "prune_at_init")
+EXPERIMENTS = ("train", "lottery", "diet", "unit_search", "prune_at_init", "measures")
+_STUDIES = ("lottery", "diet", "unit_search", "prune_at_init", "measures")
 # config sections an experiment does not read: setting a key there is an error, not a silent no-op
 IGNORED_SECTIONS = {"train": _STUDIES, **{e: ("mask", *(s for s in _STUDIES if s != e)) for e in _STUDIES}}
 

@@ -66,12 +66,15 @@ class Parts:
         return self.data_parallel.put(state) if self.data_parallel else state
 
 
-def build(cfg, members: bool = False) -> Parts:
+def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) -> Parts:
+    """The Parts of a config. `tx` replaces the config's optimizer, `dataset` an
+    already loaded one, `train_labels` the training labels (also evaluated as
+    the "train_full" set)."""
     check_train(cfg)
     parallel.initialize_distributed(cfg.parallel.distributed)
-    dataset = load_data(cfg, cfg.seed)
+    dataset = dataset if dataset is not None else load_data(cfg, cfg.seed)
     model = build_model(cfg, dataset.num_classes)
-    tx = build_optimizer(cfg, cfg.train.steps)
+    tx = tx if tx is not None else build_optimizer(cfg, cfg.train.steps)
     layout = None
     if cfg.parallel.data_parallel and jax.device_count() > 1:
         layout = parallel.DataParallel(parallel.data_mesh())
@@ -82,7 +85,11 @@ def build(cfg, members: bool = False) -> Parts:
     eval_sets = {"test": (dataset.x_test, dataset.y_test)}
     if dataset.x_val is not None:
         eval_sets["val"] = (dataset.x_val, dataset.y_val)
-    trainer = Trainer(steps, dataset.x_train, dataset.y_train, eval_sets, batch_size=cfg.train.batch_size,
+    y_train = dataset.y_train
+    if train_labels is not None:
+        y_train = train_labels
+        eval_sets["train_full"] = (dataset.x_train, train_labels)
+    trainer = Trainer(steps, dataset.x_train, y_train, eval_sets, batch_size=cfg.train.batch_size,
                       seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
                       put=layout.put if layout else None, log_activations=cfg.train.log_activations)
     return Parts(dataset, model, tx, steps, trainer, layout)

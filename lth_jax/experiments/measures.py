@@ -1,0 +1,252 @@
+"""experiment = "measures": which generalization measure predicts the
+generalization gap? (Jiang et al. 2020; Gastpar et al. 2024.)
+
+A grid of networks: architectures (``measures.widths``, each a tuple of MLP
+hidden widths, or ``measures.models``, model names) x learning rates x
+weight decays x seeds, trained on clean labels and, for every
+``measures.label_noise`` value above 0, on labels of which that share is
+flipped (Gastpar et al.'s check). Members that share parameter shapes and
+labels (one architecture, one noise level) form a **group**: they train
+together as one vmapped program, the learning rate and weight decay of each
+member held in its optimizer state (`optax.inject_hyperparams`), each with
+its own data order (its seed). Stopping rule (Jiang et al.): a member stops
+(its learning rate set to 0) at the first evaluation where its
+cross-entropy on the whole training set is at most ``measures.stop_loss``;
+otherwise it stops at ``train.steps`` (``reached_stop_loss`` false).
+
+Then for every member (`lth_jax.measures.all_measures`, on the training
+set it was trained on, noisy labels included): every measure, with
+Jiang et al.'s dataset-size adjustment; train and test accuracy and loss;
+the generalization gap = train accuracy - test accuracy.
+
+Evaluation (`measures_report`), over the clean members: the Kendall tau of
+each measure with the gap over the grid, and the granulated tau Psi, the
+mean over hyperparameters of the mean tau over the sets of members that
+differ only in that hyperparameter. With label noise: per measure, its mean
+value and the mean test error, clean vs noisy.
+
+Each group is a stage ``groups/G/`` (G = architecture index, noise level);
+``summary.json``, ``plots/measures.png`` (each measure vs the gap, coloured
+by learning rate) and ``plots/label_noise.png`` close the run.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lth_jax import ensemble, figures, measures, units
+from lth_jax.errors import check
+from lth_jax.experiments import common, measures_report
+from lth_jax.files import read_json
+from lth_jax.stages import Stage
+from lth_jax.subsets import flip_labels
+from lth_jax.train import call_model, create_state, init_variables, variables_of
+from lth_jax.workdir import RunDir
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
+
+def check_config(cfg) -> None:
+    common.check_train(cfg)
+    m = cfg.measures
+    check(cfg.optimizer.name in OPTIMIZERS, f"the measures experiment trains with one of {', '.join(OPTIMIZERS)} "
+                                            f"(per-member learning rate and weight decay); got {cfg.optimizer.name!r}")
+    check(not (m.widths and m.models), "give measures.widths (MLP hidden widths) or measures.models, not both")
+    if m.widths:
+        check(cfg.model.name == "mlp", f"measures.widths sets the hidden widths of model 'mlp'; the config's "
+                                       f"model is {cfg.model.name!r}: use measures.models for other models")
+        for w in m.widths:
+            check(len(w) >= 1 and all(int(v) >= 1 for v in w), f"measures.widths entries must be non-empty "
+                                                                f"tuples of positive widths, got {w}")
+    for what, values in (("learning_rates", m.learning_rates), ("weight_decays", m.weight_decays)):
+        check(len(values) >= 1, f"measures.{what} must list at least one value")
+        check(len(set(values)) == len(values), f"measures.{what} lists a value twice: {tuple(values)}")
+    check(all(v > 0 for v in m.learning_rates), f"measures.learning_rates must be > 0, got {tuple(m.learning_rates)}")
+    check(all(v >= 0 for v in m.weight_decays), f"measures.weight_decays must be >= 0, got {tuple(m.weight_decays)}")
+    check(m.seeds >= 1, f"measures.seeds must be >= 1, got {m.seeds}")
+    check(all(0 <= v < 1 for v in m.label_noise) and 0.0 in m.label_noise,
+          f"measures.label_noise must be shares in [0, 1) including 0 (the clean grid), got {tuple(m.label_noise)}")
+    check(m.stop_loss > 0, f"measures.stop_loss must be > 0, got {m.stop_loss}")
+    check(m.samples >= 1, f"measures.samples (Monte Carlo draws per sigma) must be >= 1, got {m.samples}")
+    n_clean = len(architectures(cfg)) * len(m.learning_rates) * len(m.weight_decays) * m.seeds
+    check(n_clean >= 2, "the measures grid needs at least 2 clean members to rank")
+
+
+def architectures(cfg) -> list:
+    """[(model name, {model options})] of the grid."""
+    base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model.items() if k != "name"}
+    if cfg.measures.widths:
+        return [("mlp", {**base, "widths": tuple(int(v) for v in w)}) for w in cfg.measures.widths]
+    if cfg.measures.models:
+        return [(name, {}) for name in cfg.measures.models]
+    return [(cfg.model.name, base)]
+
+
+def make_tx(name: str, momentum: float):
+    """An optimizer whose learning rate and weight decay live in its state."""
+    def factory(learning_rate, weight_decay):
+        if name == "adamw":
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+        inner = {"sgd": lambda: optax.sgd(learning_rate), "momentum": lambda: optax.sgd(learning_rate, momentum),
+                 "adam": lambda: optax.adam(learning_rate)}[name]()
+        return optax.chain(optax.add_decayed_weights(weight_decay), inner)  # coupled, as PyTorch
+    return optax.inject_hyperparams(factory)(learning_rate=1.0, weight_decay=0.0)
+
+
+def with_hyperparams(state, learning_rate, weight_decay):
+    hp = dict(state.opt_state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    hp["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+class Measures:
+    def __init__(self, cfg, workdir: str, progress=True):
+        self.cfg, self.m, self.progress = cfg, cfg.measures, progress
+        self.keys = common.seed_keys(cfg.seed)
+        self.rundir = RunDir(workdir)
+        self.dataset = common.load_data(cfg, cfg.seed)
+        self.tx = make_tx(cfg.optimizer.name, cfg.optimizer.momentum)
+        self.archs = architectures(cfg)
+        self.grid = list(itertools.product(self.m.learning_rates, self.m.weight_decays, range(self.m.seeds)))
+
+    def labels(self, noise):
+        if noise == 0:
+            return np.asarray(self.dataset.y_train)
+        return flip_labels(self.dataset.y_train, self.dataset.num_classes, noise, seed=[self.cfg.seed, 23])[0]
+
+    def group_cfg(self, a):
+        cfg = self.cfg.copy_and_resolve_references()
+        name, options = self.archs[a]
+        with cfg.unlocked():
+            cfg.model = type(cfg.model)({"name": name, **options})
+        return cfg
+
+    def group(self, a, noise):
+        name, options = self.archs[a]
+        label = f"{name}{'-'.join(str(w) for w in options.get('widths', ()))} noise {noise:g}".replace("mlp", "mlp ")
+        stage = Stage(self.rundir, os.path.join("groups", f"a{a}_n{noise:g}"), label)
+        try:
+            if stage.done:
+                stage.cleanup()
+                return read_json(stage.file("result.json"))
+            y = self.labels(noise)
+            parts = common.build(self.group_cfg(a), members=True, tx=self.tx, dataset=self.dataset, train_labels=y)
+            inits, states, names = [], [], []
+            for lr, wd, r in self.grid:
+                v = init_variables(parts.model, jax.random.fold_in(self.keys["init"], 1000 * a + r),
+                                   self.dataset.input_shape)
+                inits.append(v)
+                states.append(with_hyperparams(create_state(v["params"], v.get("batch_stats", {}), self.tx),
+                                               lr, wd))
+                names.append(f"lr{lr:g}_wd{wd:g}/{r}")
+            state = stage.begin(ensemble.stack(states))
+            parts.trainer.set_members([(self.cfg.seed, r) for _, _, r in self.grid])
+            t0 = time.time()
+            state, stopped = self.train(stage, parts, state, names, label)
+            t1 = time.time()
+            result = self.evaluate(parts, state, inits, names, stopped, y, a, noise)
+            result.update(train_seconds=t1 - t0, measure_seconds=time.time() - t1)
+            stage.finish(result)
+            return result
+        finally:
+            stage.close()
+
+    def train(self, stage, parts, state, names, label):
+        """Train in segments of checkpoint_every steps; between segments, members
+        whose full training loss reached stop_loss get learning rate 0."""
+        t = self.cfg.train
+        stopped = {}
+        for record in stage.records:  # a resumed stage: what the records already say
+            self._note_stops(record, stopped)
+        step = int(np.asarray(state.step).reshape(-1)[0])
+        while step < t.steps and len(stopped) < len(names):
+            stop = min(t.steps, (step // t.checkpoint_every + 1) * t.checkpoint_every)
+            state = stage.train(parts.trainer, state, stop, self.keys["augment"], eval_every=t.eval_every,
+                                checkpoint_every=t.checkpoint_every, members=names, tb_prefix=label.replace(" ", "_"),
+                                progress=label if self.progress else False,
+                                after_eval=lambda st, rec: self._note_stops(rec, stopped))
+            state = self.freeze(state, stopped)
+            step = stop
+        return state, stopped
+
+    def _note_stops(self, record, stopped):
+        for i, loss in enumerate(np.ravel(record["train_full_loss"])):
+            if i not in stopped and loss <= self.m.stop_loss:
+                stopped[i] = record["step"]
+
+    @staticmethod
+    def freeze(state, stopped):
+        if not stopped:
+            return state
+        hp = dict(state.opt_state.hyperparams)
+        lr = np.asarray(hp["learning_rate"]).copy()
+        lr[list(stopped)] = 0.0
+        hp["learning_rate"] = jnp.asarray(lr)
+        return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+    def evaluate(self, parts, state, inits, names, stopped, y, a, noise):
+        """Every member's metrics and measures."""
+        record = parts.trainer.evaluate(state)
+        ds, model = self.dataset, parts.model
+        x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(y)
+        example = inits[0]
+        flow_ = units.flow(model, example, ds.x_train[:4]) if example.get("batch_stats") else None
+        members = {}
+        apply_fn = None
+        for i, name in enumerate(names):
+            lr, wd, r = self.grid[i]
+            params, stats = ensemble.take(state.params, i), ensemble.take(state.batch_stats, i)
+            p0, s0 = inits[i]["params"], inits[i].get("batch_stats", {})
+            scales = init_scales = None
+            if flow_ is not None:
+                params, stats, scales = measures.fold_batchnorm(params, stats, flow_)
+                p0, s0, init_scales = measures.fold_batchnorm(p0, s0, flow_)
+            if apply_fn is None:  # one function for the group: folded statistics are the same for every member
+                def apply_fn(p, xb, stats=stats):
+                    return call_model(model, variables_of(p, stats), xb, train=False)[0]
+            values = measures.all_measures(apply_fn, params, p0, None, x_train, y_train,
+                                           jax.random.fold_in(self.keys["control"], i), input_shape=ds.input_shape,
+                                           scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size,
+                                           samples=self.m.samples)
+            train_acc, test_acc = float(record["train_full_accuracy"][i]), float(record["test_accuracy"][i])
+            members[name] = {
+                "architecture": a, "learning_rate": lr, "weight_decay": wd, "seed": r, "label_noise": noise,
+                "stop_step": int(stopped.get(i, self.cfg.train.steps)), "reached_stop_loss": i in stopped,
+                "train_accuracy": train_acc, "train_loss": float(record["train_full_loss"][i]),
+                "test_accuracy": test_acc, "test_loss": float(record["test_loss"][i]), "gap": train_acc - test_acc,
+                "raw": values, "measures": measures.adjusted(values, int(x_train.shape[0]))}
+        return {"architecture": a, "label_noise": noise, "members": members}
+
+    def run(self, overwrite=False) -> dict:
+        self.rundir.start(self.cfg.to_dict(), overwrite)
+        try:
+            t0 = time.time()
+            results = [self.group(a, noise) for noise in sorted(self.m.label_noise) for a in range(len(self.archs))]
+            summary = measures_report.summarize(results, [f"{n}{o.get('widths', '')}" for n, o in self.archs],
+                                                time.time() - t0)
+            self.rundir.write_summary(summary)
+            measures_report.draw(self.rundir, summary, results)
+            measures_report.print_summary(summary)
+            figures.print_outputs(self.rundir.path, ["summary.json", "groups/G/result.json", "plots/measures.png"])
+            return summary
+        finally:
+            self.rundir.close()
+
+
+def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
+    check_config(cfg)
+    return Measures(cfg, workdir, progress).run(overwrite)
+
+
+def redraw(rundir, config) -> list:
+    summary = read_json(rundir.file("summary.json"))
+    results = [read_json(os.path.join(rundir.file("groups"), g, "result.json"))
+               for g in sorted(os.listdir(rundir.file("groups")))]
+    return measures_report.draw(rundir, summary, results)
