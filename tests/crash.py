@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files whose bytes depend on the run's history, not its numbers: orbax checkpoints
 # (timestamps), TensorBoard events (wall times), set-aside damaged checkpoints.
 SKIPPED_DIRS = {"checkpoints", "tensorboard", "damaged"}
-WALL_KEYS = {"wall_seconds", "examples_per_second"}
+WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds"}
 
 
 def main_py(workdir, args, kill_at=None, timeout=300, **popen):
@@ -79,3 +79,7 @@ PRUNE_AT_INIT = ["--config=configs/prune_at_init_mnist1d.py"] + SHRUNK[:-2] + [
     "--config.model.widths=(32,16)", "--config.prune_at_init.densities=(0.1,)", "--config.prune_at_init.seeds=1",
     "--config.prune_at_init.methods=('snip','synflow')", "--config.prune_at_init.synflow_rounds=10",
     "--config.data.validation_size=100", "--noprogress"]
+MEASURES = ["--config=configs/measures_mnist1d.py"] + SHRUNK[:-2] + [
+    "--config.measures.widths=((16,),)", "--config.measures.learning_rates=(0.001,0.003)",
+    "--config.measures.weight_decays=(0.0,)", "--config.measures.seeds=1", "--config.measures.label_noise=(0.0,)",
+    "--config.measures.samples=2", "--config.data.validation_size=100", "--noprogress"]

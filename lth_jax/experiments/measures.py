@@ -115,6 +115,7 @@ class Measures:
         self.tx = make_tx(cfg.optimizer.name, cfg.optimizer.momentum)
         self.archs = architectures(cfg)
         self.grid = list(itertools.product(self.m.learning_rates, self.m.weight_decays, range(self.m.seeds)))
+        self._apply_fns = {}
 
     def labels(self, noise):
         if noise == 0:
@@ -199,7 +200,7 @@ class Measures:
         example = inits[0]
         flow_ = units.flow(model, example, ds.x_train[:4]) if example.get("batch_stats") else None
         members = {}
-        apply_fn = None
+        apply_fn = self._apply_fns.get(a)
         for i, name in enumerate(names):
             lr, wd, r = self.grid[i]
             params, stats = ensemble.take(state.params, i), ensemble.take(state.batch_stats, i)
@@ -208,9 +209,10 @@ class Measures:
             if flow_ is not None:
                 params, stats, scales = measures.fold_batchnorm(params, stats, flow_)
                 p0, s0, init_scales = measures.fold_batchnorm(p0, s0, flow_)
-            if apply_fn is None:  # one function for the group: folded statistics are the same for every member
-                def apply_fn(p, xb, stats=stats):
+            if apply_fn is None:  # one function per architecture (its compiled programs are cached on it):
+                def apply_fn(p, xb, stats=stats):  # folded statistics are the same for every member
                     return call_model(model, variables_of(p, stats), xb, train=False)[0]
+                self._apply_fns[a] = apply_fn
             values = measures.all_measures(apply_fn, params, p0, None, x_train, y_train,
                                            jax.random.fold_in(self.keys["control"], i), input_shape=ds.input_shape,
                                            scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size,
