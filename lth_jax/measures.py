@@ -159,40 +159,50 @@ def path_norm(apply_fn, params, input_shape, mask=None):
 def perturb(key, params, mask, sigma, magnitude_eps=None):
     """params + Gaussian noise on the alive entries: std sigma, or with
     `magnitude_eps` std sqrt(sigma^2 w^2 + eps^2) (magnitude-aware)."""
+    eps = 0.0 if magnitude_eps is None else magnitude_eps
+    return _perturb(key, params, mask, sigma, eps, magnitude_eps is not None)
+
+
+def _perturb(key, params, mask, sigma, eps, magnitude):
+    """`perturb` with the magnitude-aware switch a (traceable) bool."""
     mask = masks_lib.ones_like(params) if mask is None else mask
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     out = []
     for k, w, m in zip(keys, leaves, jax.tree_util.tree_leaves(mask)):
-        std = sigma if magnitude_eps is None else jnp.sqrt(sigma ** 2 * w ** 2 + magnitude_eps ** 2)
+        std = jnp.where(magnitude, jnp.sqrt(sigma ** 2 * w ** 2 + eps ** 2), sigma)
         out.append(w + jnp.where(m, std * jax.random.normal(k, jnp.shape(w), jnp.float32), 0.0).astype(w.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @functools.lru_cache(maxsize=32)
-def _mean_accuracy(accuracy_fn, samples: int, magnitude_eps):
-    """One compiled program per (accuracy_fn, samples, eps): the mean accuracy
-    of `samples` perturbed copies, evaluated as one vmapped ensemble."""
-    def mean_accuracy(params, mask, sigma, key, data):
-        copies = jax.vmap(lambda k: perturb(k, params, mask, sigma, magnitude_eps))(jax.random.split(key, samples))
+def _mean_accuracy(accuracy_fn, samples: int):
+    """One compiled program per (accuracy_fn, samples), for both noise kinds:
+    the mean accuracy of `samples` perturbed copies as one vmapped ensemble."""
+    def mean_accuracy(params, mask, sigma, eps, magnitude, key, data):
+        copies = jax.vmap(lambda k: _perturb(k, params, mask, sigma, eps, magnitude))(jax.random.split(key, samples))
         return jnp.mean(jax.vmap(lambda q: accuracy_fn(q, *data))(copies))
     return jax.jit(mean_accuracy)
 
 
 def pac_bayes_sigma(accuracy_fn, params, mask, key, *, data=(), magnitude_eps=None, target_drop: float = 0.1,
-                    samples: int = 10, depth: int = 15, tolerance: float = 0.01, upper: float = 2.0):
+                    samples: int = 10, depth: int = 15, tolerance: float = 0.01, upper: float = 2.0, clean=None):
     """(sigma, mean perturbed accuracy, clean accuracy): the bisection of the
     module docstring. `accuracy_fn(params, *data) -> training accuracy`
     (jit-able; `data` are its array arguments, so one compiled program serves
-    many networks). The Python loop runs at most `depth` evaluations."""
+    many networks; `clean`, if known, is the unperturbed accuracy). The
+    Python loop runs at most `depth` evaluations."""
     mask = masks_lib.ones_like(params) if mask is None else mask
-    clean = float(_jit(accuracy_fn)(params, *data))
-    mean_accuracy = _mean_accuracy(accuracy_fn, samples, magnitude_eps)
+    clean = float(_jit(accuracy_fn)(params, *data)) if clean is None else float(clean)
+    mean_accuracy = _mean_accuracy(accuracy_fn, samples)
+    eps = jnp.float32(0.0 if magnitude_eps is None else magnitude_eps)
+    magnitude = jnp.asarray(magnitude_eps is not None)
     lower, high = 0.0, upper
     sigma, acc = upper / 2, clean
     for i in range(depth):
         sigma = (lower + high) / 2
-        acc = float(mean_accuracy(params, mask, jnp.float32(sigma), jax.random.fold_in(key, i), tuple(data)))
+        acc = float(mean_accuracy(params, mask, jnp.float32(sigma), eps, magnitude, jax.random.fold_in(key, i),
+                                  tuple(data)))
         drop = abs(clean - acc)
         if abs(drop - target_drop) < tolerance:
             break
@@ -217,6 +227,12 @@ def _accuracy(apply_fn):
     return accuracy
 
 
+@functools.lru_cache(maxsize=32)
+def _logits(apply_fn):
+    """logits(params, xs) of (n_chunks, chunk, ...) blocks, one compiled program."""
+    return jax.jit(lambda params, xs: jax.lax.map(lambda b: apply_fn(params, b), xs))
+
+
 def chunked(x, y, chunk: int):
     """(xs, ys): x and y in (n_chunks, chunk, ...) blocks, padded (labels -1)."""
     m = int(x.shape[0])
@@ -228,6 +244,30 @@ def chunked(x, y, chunk: int):
 
 
 _spectral = jax.jit(spectral_norm)
+
+
+@jax.jit
+def _weight_stats(params, init_params, mask, scales, init_scales):
+    """Per kernel: squared spectral and Frobenius norms, of the weights and of
+    their distance from init; over all alive weights: sums of squares, count."""
+    w, w0 = weight_matrices(params, mask, scales), weight_matrices(init_params, mask, init_scales)
+    alive = masks_lib.named_leaves(mask)
+    names = list(w)
+    return {"spec": jnp.stack([spectral_norm(w[n]) ** 2 for n in names]),
+            "fro": jnp.stack([jnp.sum(w[n] ** 2) for n in names]),
+            "dist_fro": jnp.stack([jnp.sum((w[n] - w0[n]) ** 2) for n in names]),
+            "dist_spec": jnp.stack([spectral_norm(w[n] - w0[n]) ** 2 for n in names]),
+            "sq": sum(jnp.sum(w[n] ** 2) for n in names), "dist_sq": sum(jnp.sum((w[n] - w0[n]) ** 2) for n in names),
+            "count": sum(jnp.sum(alive[n]) for n in names)}
+
+
+@jax.jit
+def _mag_log_sum(params, init_params, mask, scales, init_scales, num, mag_sigma, eps):
+    w, w0 = weight_matrices(params, mask, scales), weight_matrices(init_params, mask, init_scales)
+    alive = masks_lib.named_leaves(mask)
+    return sum(jnp.sum(jnp.where(jnp.reshape(alive[n], w[n].shape),
+                                 jnp.log(num / (eps ** 2 + mag_sigma ** 2 * (w[n] - w0[n]) ** 2)), 0.0))
+               for n in w)
 
 
 # ---- all of Jiang et al.'s measures ---------------------------------------------------------
@@ -244,61 +284,55 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
     masks_lib.check(mask, params)
     m = int(x.shape[0])
     xs, ys = chunked(x, y, min(chunk, m))
-    logits_fn = _jit(apply_fn)
     accuracy = _accuracy(apply_fn)
+    blocks = _logits(apply_fn)(params, xs)
+    logits = blocks.reshape(-1, blocks.shape[-1])[:m]
+    train_accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))
 
-    def logits_all(p):
-        return jnp.concatenate([logits_fn(p, x[i:i + chunk]) for i in range(0, m, chunk)])
-
-    margin = float(output_margin(logits_all(params), y))
-    w = weight_matrices(params, mask, scales)
-    w0 = weight_matrices(init_params, mask, init_scales)
-    names = list(w)
+    margin = float(output_margin(logits, jnp.asarray(y)))
+    names = kernel_names(params)
     d = len(names)
-    alive = masks_lib.named_leaves(mask)
-    vec = jnp.concatenate([w[n].ravel()[jnp.reshape(alive[n], -1)] for n in names]) if d else jnp.zeros(0)
-    dist_vec = jnp.concatenate([(w[n] - w0[n]).ravel()[jnp.reshape(alive[n], -1)] for n in names])
-    spec = jnp.stack([_spectral(w[n]) ** 2 for n in names])
-    fro = jnp.stack([jnp.sum(w[n] ** 2) for n in names])
-    dist_fro = jnp.stack([jnp.sum((w[n] - w0[n]) ** 2) for n in names])
-    dist_spec = jnp.stack([_spectral(w[n] - w0[n]) ** 2 for n in names])
+    st = {k: np.asarray(v) for k, v in _weight_stats(params, init_params, mask, scales, init_scales).items()}
+    spec, fro, dist_fro, dist_spec = st["spec"], st["fro"], st["dist_fro"], st["dist_spec"]
+    sq, dist_sq = float(st["sq"]), float(st["dist_sq"])
     log_margin = math.log(margin) if margin > 0 else -math.inf
-    out = {"train_accuracy": float(_jit(accuracy)(params, xs, ys)), "margin": margin,
-           "l2": float(jnp.linalg.norm(vec)), "l2_dist": float(jnp.linalg.norm(dist_vec)),
-           "params": int(vec.size), "inverse_margin": 1.0 / margin ** 2 if margin > 0 else math.inf}
-    log_prod_spec = float(jnp.sum(jnp.log(spec)))
-    log_prod_fro = float(jnp.sum(jnp.log(fro)))
+    out = {"train_accuracy": train_accuracy, "margin": margin,
+           "l2": math.sqrt(sq), "l2_dist": math.sqrt(dist_sq),
+           "params": int(st["count"]), "inverse_margin": 1.0 / margin ** 2 if margin > 0 else math.inf}
+    log_prod_spec = float(np.sum(np.log(spec)))
+    log_prod_fro = float(np.sum(np.log(fro)))
     out.update(
         log_prod_of_spec=log_prod_spec,
         log_prod_of_spec_over_margin=log_prod_spec - 2 * log_margin,
-        log_spec_init_main=log_prod_spec - 2 * log_margin + float(jnp.log(jnp.sum(dist_fro / spec))),
-        fro_over_spec=float(jnp.sum(fro / spec)),
-        log_spec_orig_main=log_prod_spec - 2 * log_margin + float(jnp.log(jnp.sum(fro / spec))),
+        log_spec_init_main=log_prod_spec - 2 * log_margin + float(np.log(np.sum(dist_fro / spec))),
+        fro_over_spec=float(np.sum(fro / spec)),
+        log_spec_orig_main=log_prod_spec - 2 * log_margin + float(np.log(np.sum(fro / spec))),
         log_sum_of_spec_over_margin=math.log(d) + (log_prod_spec - 2 * log_margin) / d,
         log_sum_of_spec=math.log(d) + log_prod_spec / d,
         log_prod_of_fro=log_prod_fro,
         log_prod_of_fro_over_margin=log_prod_fro - 2 * log_margin,
         log_sum_of_fro_over_margin=math.log(d) + (log_prod_fro - 2 * log_margin) / d,
         log_sum_of_fro=math.log(d) + log_prod_fro / d,
-        fro_dist=float(jnp.sum(dist_fro)), dist_spec_init=float(jnp.sum(dist_spec)),
-        param_norm=float(jnp.sum(fro)))
+        fro_dist=float(np.sum(dist_fro)), dist_spec_init=float(np.sum(dist_spec)),
+        param_norm=float(np.sum(fro)))
     pn = float(path_norm(apply_fn, params, input_shape, mask))
     out.update(path_norm=pn, path_norm_over_margin=pn / margin ** 2 if margin > 0 else math.inf)
     k1, k2 = jax.random.split(key)
-    sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k1, data=(xs, ys), samples=samples)
-    mag_sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k2, data=(xs, ys), magnitude_eps=1e-3, samples=samples)
-    omega, eps = int(vec.size), 1e-3
+    sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k1, data=(xs, ys), samples=samples, clean=train_accuracy)
+    mag_sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k2, data=(xs, ys), magnitude_eps=1e-3, samples=samples,
+                                      clean=train_accuracy)
+    omega, eps = int(st["count"]), 1e-3
 
-    def bound(ref):
-        return float(jnp.sum(ref ** 2) / (4 * sigma ** 2) + math.log(m / sigma) + 10)
+    def bound(ref_sq):
+        return float(ref_sq / (4 * sigma ** 2) + math.log(m / sigma) + 10)
 
-    def mag_bound(ref):
-        num = eps ** 2 + (mag_sigma ** 2 + 1) * jnp.sum(ref ** 2) / omega
-        den = eps ** 2 + mag_sigma ** 2 * dist_vec ** 2
-        return float(0.25 * jnp.sum(jnp.log(num / den)) + math.log(m / mag_sigma) + 10)
-    out.update(sigma=sigma, mag_sigma=mag_sigma, pacbayes_init=bound(dist_vec), pacbayes_orig=bound(vec),
-               pacbayes_flatness=1.0 / sigma ** 2, pacbayes_mag_init=mag_bound(dist_vec),
-               pacbayes_mag_orig=mag_bound(vec), pacbayes_mag_flatness=1.0 / mag_sigma ** 2)
+    def mag_bound(ref_sq):  # 1/4 sum over the alive weights of log(num / den), den from the distance to init
+        num = eps ** 2 + (mag_sigma ** 2 + 1) * ref_sq / omega
+        return float(0.25 * _mag_log_sum(params, init_params, mask, scales, init_scales, num, mag_sigma, eps)
+                     + math.log(m / mag_sigma) + 10)
+    out.update(sigma=sigma, mag_sigma=mag_sigma, pacbayes_init=bound(dist_sq), pacbayes_orig=bound(sq),
+               pacbayes_flatness=1.0 / sigma ** 2, pacbayes_mag_init=mag_bound(dist_sq),
+               pacbayes_mag_orig=mag_bound(sq), pacbayes_mag_flatness=1.0 / mag_sigma ** 2)
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax import experiments
-from lth_jax.experiments import common, diet, lottery, unit_search
+from lth_jax.experiments import common, diet, lottery, measures, unit_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -78,3 +78,20 @@ def test_unit_search_conv6_config_runs_on_mock_data(tmp_path):
     # Conv-6: six conv layers (64, 64, 128, 128, 256, 256 channels) and two dense (256, 256) feed another layer
     assert summary["hidden_units"] == 2 * (64 + 128 + 256) + 2 * 256
     assert summary["levels"][0]["units_kept"] == summary["hidden_units"] // 2
+
+
+def test_measures_cifar10_config_runs_on_mock_data(tmp_path):
+    cfg = importlib.import_module("configs.measures_cifar10").get_config()
+    cfg.data.validation_size = 16
+    cfg.train.batch_size = 8
+    cfg.train.eval_batch_size = 16
+    cfg.train.steps = 4
+    cfg.train.eval_every = 2
+    cfg.train.checkpoint_every = 2
+    cfg.measures.models = ("conv2",)  # ResNet-20's BatchNorm folding is tested in tests/test_measures.py
+    cfg.measures.weight_decays, cfg.measures.seeds, cfg.measures.label_noise = (0.0,), 1, (0.0,)
+    cfg.measures.samples = 2
+    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+        summary = measures.run(cfg, str(tmp_path / "m"), progress=False)
+    assert summary["clean_members"] == 2 and "pacbayes_mag_flatness" in summary["ranking"]
+    assert all(r["tau"] is None or -1 <= r["tau"] <= 1 for r in summary["ranking"].values())

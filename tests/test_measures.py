@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lth_jax import masks, measures, units
+from lth_jax import models as models_lib
 
 
 class MLP342(nn.Module):
@@ -143,3 +144,16 @@ def test_all_measures_are_mask_aware_and_match_direct_formulas():
     assert all(np.isfinite(v) for v in out.values())
     adj = measures.adjusted(out, 600)
     assert "margin" not in adj and adj["log_prod_of_spec"] == pytest.approx(0.5 * (out["log_prod_of_spec"] - np.log(600)))
+
+
+def test_batchnorm_folding_keeps_resnet20s_function():
+    from lth_jax.train import init_variables
+    model = models_lib.get("resnet20", num_classes=10)
+    v = init_variables(model, jax.random.key(0), (32, 32, 3))
+    stats = jax.tree_util.tree_map(lambda a: a + 0.3 * jax.random.uniform(jax.random.key(1), a.shape), v["batch_stats"])
+    v = {"params": v["params"], "batch_stats": stats}
+    x = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+    params, folded, scales = measures.fold_batchnorm(v["params"], v["batch_stats"], units.flow(model, v, x[:2]))
+    assert len(scales) == sum(1 for n in measures.kernel_names(v["params"]) if n != "output/kernel")
+    np.testing.assert_allclose(model.apply({"params": params, "batch_stats": folded}, x), model.apply(v, x),
+                               rtol=1e-4, atol=1e-4)

@@ -199,6 +199,7 @@ class Measures:
         x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(y)
         example = inits[0]
         flow_ = units.flow(model, example, ds.x_train[:4]) if example.get("batch_stats") else None
+        fold = jax.jit(lambda p, s: measures.fold_batchnorm(p, s, flow_)) if flow_ is not None else None
         members = {}
         apply_fn = self._apply_fns.get(a)
         for i, name in enumerate(names):
@@ -207,8 +208,8 @@ class Measures:
             p0, s0 = inits[i]["params"], inits[i].get("batch_stats", {})
             scales = init_scales = None
             if flow_ is not None:
-                params, stats, scales = measures.fold_batchnorm(params, stats, flow_)
-                p0, s0, init_scales = measures.fold_batchnorm(p0, s0, flow_)
+                params, stats, scales = fold(params, stats)
+                p0, s0, init_scales = fold(p0, s0)
             if apply_fn is None:  # one function per architecture (its compiled programs are cached on it):
                 def apply_fn(p, xb, stats=stats):  # folded statistics are the same for every member
                     return call_model(model, variables_of(p, stats), xb, train=False)[0]
