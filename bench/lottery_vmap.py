@@ -91,10 +91,9 @@ def variants(name, k, args):
     return variants_of(name, k, args, *build(name, k, args))
 
 
-def variants_of(name, k, args, single, stacked, states, x, y, rows, extra_stacked=None):
+def variants_of(name, k, args, single, stacked, states, x, y, rows):
     """{variant name: timed fn} and a check, for K member `states` trained on
-    index `rows` (one per member) by `single` alone or `stacked` together
-    (and by each Steps of `extra_stacked`, {variant suffix: Steps}, the same way)."""
+    index `rows` (one per member) by `single` alone or `stacked` together."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -142,7 +141,7 @@ def variants_of(name, k, args, single, stacked, states, x, y, rows, extra_stacke
         seq_state = ensemble.stack([s for s, _ in out["sequential"]])
         seq_loss = np.stack([l for _, l in out["sequential"]], axis=1)[:10]  # (steps, K)
         res = {}
-        for v in ("vmapped", "vmapped_xK", *(extra_stacked or {})):
+        for v in ("vmapped", "vmapped_xK"):
             if v in out:
                 st, loss = out[v]
                 d = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), st.params, seq_state.params)
@@ -151,12 +150,6 @@ def variants_of(name, k, args, single, stacked, states, x, y, rows, extra_stacke
         return res
 
     fns = {f"{name}_K{k}_vmapped": vmapped}
-    for suffix, steps_ in (extra_stacked or {}).items():
-        scan_extra = jax.jit(steps_.scan_steps, donate_argnums=0)
-
-        def extra(suffix=suffix, scan_extra=scan_extra):
-            out[suffix] = run(scan_extra, copy(stacked0), vm_idx)
-        fns[f"{name}_K{k}_{suffix}"] = extra
     if not args.per_member_order and args.xk_variant:
         # the same shared batches, handed over as per-member index rows (n, K, batch): the batch
         # then has a member axis, which changes how XLA lays out the vmapped dense layers
@@ -217,7 +210,7 @@ def measure(cases, make_variants, args, title, extra):
                 "errors": errors, "timings": timings}
         checks = check() if sq else {}
         case["checks"] = checks
-        for v in ("vmapped", "vmapped_xK", *getattr(args, "extra_variants", ())):
+        for v in ("vmapped", "vmapped_xK"):
             vm = timings.get(f"{name}_K{k}_{v}")
             if not (vm and sq):
                 continue

@@ -10,9 +10,7 @@ MLP 40-500-500-10, Adam 2e-3, batch 100, 1000 steps in chunks of 100
 (train.eval_every), random data of MNIST-1D's size (4,000 examples).
 
 Variants and timing as bench/lottery_vmap.py (compile excluded, repetitions
-interleaved, speedup = sequential / vmapped), plus ``blocksB``: the same
-stack trained in blocks of B members (`Steps(member_block=B)`: a `lax.map`
-over blocks, each block vmapped, one compiled program):
+interleaved, speedup = sequential / vmapped):
 
     python bench/unit_search_population.py --out bench/results/unit_search_population.json
     python bench/unit_search_population.py --quick --out /tmp/usp.json   # smoke run
@@ -55,9 +53,8 @@ def variants(name, n, args):
         mask = units.to_weights(variables["params"], {g[0]: keep for g, keep in um.items()}, fl)
         states.append(create_state(variables["params"], {}, tx, mask))
     rows = [batch_indices(0, SETUP["n_train"], SETUP["batch"], 0, args.steps)] * n
-    extra = {f"blocks{b}": Steps(model, tx, members=True, member_block=b) for b in args.blocks if b < n}
     return lottery_vmap.variants_of(name, n, args, Steps(model, tx), Steps(model, tx, members=True), states, x, y,
-                                    rows, extra)
+                                    rows)
 
 
 def main():
@@ -67,11 +64,8 @@ def main():
     ap.add_argument("--candidates", default="8,32", help="comma list of N")
     ap.add_argument("--sparsity", type=float, default=0.75, help="node sparsity of the candidates")
     lottery_vmap.add_timing_args(ap)
-    ap.add_argument("--blocks", default="8", help="comma list of member_block sizes to time as well (blocksB)")
     ap.set_defaults(chunk=100, xk_variant=False)
     args = lottery_vmap.parse(ap, default_steps=1000)
-    args.blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
-    args.extra_variants = [f"blocks{b}" for b in args.blocks]
     cases = [("unit_search", int(n), SETUP) for n in args.candidates.split(",") if n.strip()]
     lottery_vmap.measure(cases, variants, args, f"unit_search candidates at node sparsity {args.sparsity:g}: "
                          "vmapped population vs sequential", {"setup": SETUP})

@@ -169,11 +169,6 @@ class Steps:
     batch_sharding: optional jax.sharding for a batch (data parallelism).
     members: the state has a leading member axis (a stacked ensemble, see
       `lth_jax.ensemble`); steps and evaluation are vmapped over it.
-    member_block: with members, train them in blocks of at most this many
-      (the largest divisor of the member count that fits): a `lax.map`
-      over blocks, each block vmapped, still one compiled step. 0 = one vmap
-      over all members. Large stacks of wide layers are faster in blocks on
-      CPU (bench/unit_search_population.py).
 
     Equal `Steps` (same model, tx object, loss, ...) share their compiled code
     (see `compiled`).
@@ -184,7 +179,6 @@ class Steps:
     batch_sharding: Any = None
     members: bool = False
     loss: Any = "cross_entropy"
-    member_block: int = 0
     rngs: tuple = ("dropout",)
 
     @property
@@ -197,23 +191,7 @@ class Steps:
         shared by all members unless `per_member` (one batch per member)."""
         if not self.members:
             return self.step
-        vstep = jax.vmap(self.step, in_axes=(0, 0, 0, None) if per_member else (0, None, None, None))
-        if not self.member_block:
-            return vstep
-
-        def blocked(state, x, y, key):
-            k = jax.tree_util.tree_leaves(state.params)[0].shape[0]
-            size = max(d for d in range(1, min(self.member_block, k) + 1) if k % d == 0)
-            if size == k:
-                return vstep(state, x, y, key)
-            split = functools.partial(_blocks, k // size)
-            if per_member:
-                out = jax.lax.scan(lambda c, t: (c, vstep(t[0], t[1], t[2], key)), 0, (split(state), split(x),
-                                                                                      split(y)))[1]
-            else:
-                out = jax.lax.scan(lambda c, st: (c, vstep(st, x, y, key)), 0, split(state))[1]
-            return jax.tree_util.tree_map(lambda a: a.reshape(k, *a.shape[2:]), out)
-        return blocked
+        return jax.vmap(self.step, in_axes=(0, 0, 0, None) if per_member else (0, None, None, None))
 
     def _eval(self):
         return jax.vmap(self.eval_batch, in_axes=(0, 0, None, None, None)) if self.members else self.eval_batch
@@ -307,11 +285,6 @@ class Steps:
         zero = jnp.zeros(jax.tree_util.tree_leaves(params)[0].shape[:1] if self.members else ())
         (loss, correct), _ = jax.lax.scan(body, (zero, zero), (xs, ys, ws))
         return loss, correct
-
-
-def _blocks(n: int, tree):
-    """Every leaf's leading axis K split into (n, K // n)."""
-    return jax.tree_util.tree_map(lambda a: a.reshape(n, a.shape[0] // n, *a.shape[1:]), tree)
 
 
 @functools.lru_cache(maxsize=32)
