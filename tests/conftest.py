@@ -4,9 +4,27 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import shutil  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from crash import main_py  # noqa: E402
+from crash import CACHE, main_py  # noqa: E402
+
+# Tests compile the same programs many times (every tiny run builds its own
+# steps); JAX's persistent compilation cache, one per test session and shared
+# by the xdist workers and the main.py subprocesses, compiles each once.
+jax.config.update("jax_compilation_cache_dir", CACHE)
+for var, value in (("JAX_COMPILATION_CACHE_DIR", CACHE), ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                   ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+    os.environ.setdefault(var, value)  # notebook kernels and other subprocesses
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controlling process, after every worker is done
+        shutil.rmtree(CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

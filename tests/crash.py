@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files whose bytes depend on the run's history, not its numbers: orbax checkpoints
@@ -14,13 +15,31 @@ SKIPPED_DIRS = {"checkpoints", "tensorboard", "damaged"}
 WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds"}
 
 
+# The runs of one test session share JAX's persistent compilation cache: a
+# killed run, its resumption and the reference compile the same programs.
+CACHE = os.path.join(tempfile.gettempdir(), f"lth_jax_test_xla_cache_{os.getppid()}")
+
+
 def main_py(workdir, args, kill_at=None, timeout=300, **popen):
     env = dict(os.environ)
     env.pop("LTH_JAX_KILL_AT", None)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     if kill_at:
         env["LTH_JAX_KILL_AT"] = kill_at
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--workdir", str(workdir), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def killed_at_each(workdir, args, kill_points: list):
+    """Run, SIGKILLed at each of `kill_points` in turn (each asserted), then to the end."""
+    for kill_at in kill_points:
+        run = main_py(workdir, args, kill_at=kill_at)
+        assert run.returncode == -signal.SIGKILL, (kill_at, run.returncode, run.stderr[-2000:])
+    last = main_py(workdir, args)
+    assert last.returncode == 0, last.stderr[-3000:]
+    return last
 
 
 def killed_then_resumed(workdir, args, kill_at, between=None):

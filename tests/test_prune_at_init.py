@@ -20,7 +20,7 @@ def tiny(**over):
     c.train.batch_size = 50
     c.train.eval_every = 10
     c.train.checkpoint_every = 20
-    c.prune_at_init.densities = (0.3, 0.02)
+    c.prune_at_init.densities = (0.5, 0.02)
     c.prune_at_init.seeds = 1
     c.prune_at_init.synflow_rounds = 10
     for k, v in over.items():
@@ -35,7 +35,7 @@ def finished(tmp_path_factory):
     for section in ("data", "model"):
         ticket_cfg[section] = tiny()[section]
     ticket_cfg.train.steps, ticket_cfg.train.eval_every, ticket_cfg.train.checkpoint_every = 40, 10, 20
-    ticket_cfg.lottery.levels, ticket_cfg.lottery.seeds, ticket_cfg.lottery.controls = 5, 1, ()
+    ticket_cfg.lottery.levels, ticket_cfg.lottery.seeds, ticket_cfg.lottery.controls = 3, 1, ()
     tickets = str(tmp_path_factory.mktemp("tickets"))
     lottery.run(ticket_cfg, tickets, progress=False)
     cfg = tiny(prune_at_init__lottery_workdir=tickets)
@@ -52,12 +52,12 @@ def test_every_method_and_control_trains_at_every_density(finished, capsys):
     cfg, workdir, summary = finished
     methods = list(cfg.prune_at_init.methods)
     kinds = methods + [f"{m}+{c}" for m in methods for c in ("shuffle", "reinit")]
-    assert [e["density"] for e in summary["levels"]] == [0.3, 0.02]
+    assert [e["density"] for e in summary["levels"]] == [0.5, 0.02]
     for e in summary["levels"]:
         assert sorted(e["kinds"]) == sorted(kinds)
         assert all(0.05 < e["kinds"][k]["early_stop_test_accuracy"]["mean"] <= 1 for k in kinds)
-    assert [t["density"] for t in summary["lottery"]] == pytest.approx([0.8 ** k for k in range(6)], abs=0.01)
-    for name in ("summary.json", "plots/prune_at_init.png", "density/0.3/result.json", "density/0.02/done"):
+    assert [t["density"] for t in summary["lottery"]] == pytest.approx([0.8 ** k for k in range(4)], abs=0.01)
+    for name in ("summary.json", "plots/prune_at_init.png", "density/0.5/result.json", "density/0.02/done"):
         assert os.path.exists(os.path.join(workdir, name)), name
 
 

@@ -7,20 +7,17 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
-from crash import LOTTERY, REWIND_K, ROOT, assert_same_outputs, killed_then_resumed, main_py
+from crash import LOTTERY, REWIND_K, ROOT, assert_same_outputs, killed_at_each, killed_then_resumed, main_py
 
 
-@pytest.mark.parametrize("kill_at", [
-    "metrics:levels/0:150",     # inside the dense level (rewind to init): the rewind point must not move
-    "metrics:levels/1:150",     # inside a pruned level
-    "write:mask.npz",           # during an npz write (level 0's ticket mask)
-])
-def test_lottery_killed_resumes_identical(reference, tmp_path, kill_at):
+def test_lottery_killed_three_times_resumes_identical(reference, tmp_path):
+    """Killed inside the dense level (rewind to init: the rewind point must not
+    move), during an npz write (level 0's ticket mask), then inside a pruned
+    level; each time restarted with the same command."""
     ref = reference("lottery", LOTTERY)
-    resumed = killed_then_resumed(tmp_path, LOTTERY, kill_at)
-    assert "resuming" in resumed.stdout
+    last = killed_at_each(tmp_path, LOTTERY, ["metrics:levels/0:150", "write:mask.npz", "metrics:levels/1:150"])
+    assert "resuming" in last.stdout
     assert_same_outputs(ref, tmp_path)
 
 

@@ -1,14 +1,13 @@
-"""The data diet, unit search, pruning at init and the measures grid, SIGKILLed inside a stage, resume to the same files
-(in their own file so that pytest-xdist runs them beside the lottery crash tests)."""
-import pytest
+"""The data diet, unit search, pruning at init and the measures grid, SIGKILLed
+inside a stage, resume to the same files (in their own file so that
+pytest-xdist runs them beside the lottery crash tests)."""
 
-from crash import DIET, MEASURES, PRUNE_AT_INIT, UNIT, assert_same_outputs, killed_then_resumed
+from crash import DIET, MEASURES, PRUNE_AT_INIT, UNIT, assert_same_outputs, killed_at_each, killed_then_resumed
 
 
-@pytest.mark.parametrize("kill_at", ["metrics:scores:150", "metrics:fractions/0.5:150"])
-def test_diet_killed_resumes_identical(reference, tmp_path, kill_at):
+def test_diet_killed_while_scoring_and_inside_a_subset_resumes_identical(reference, tmp_path):
     ref = reference("diet", DIET)
-    killed_then_resumed(tmp_path, DIET, kill_at)
+    killed_at_each(tmp_path, DIET, ["metrics:scores:150", "metrics:fractions/0.5:150"])
     assert_same_outputs(ref, tmp_path)
 
 
