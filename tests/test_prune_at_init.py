@@ -124,6 +124,7 @@ def test_lottery_workdir_of_another_model_is_refused(finished, tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="apt-get install dataset-fashion-mnist")
 def test_shuffled_snip_keeps_accuracy_at_ten_percent_on_fashion_mnist(tmp_path):
     """Frankle et al. 2021's sanity check, the issue's acceptance figure:
     LeNet-300-100 at 10% density, shuffled SNIP masks within 1 point of
