@@ -2,6 +2,8 @@
 inside a stage, resume to the same files (in their own file so that
 pytest-xdist runs them beside the lottery crash tests)."""
 
+import json
+
 from crash import DIET, MEASURES, PRUNE_AT_INIT, UNIT, assert_same_outputs, killed_at_each, killed_then_resumed
 
 
@@ -23,7 +25,11 @@ def test_prune_at_init_killed_inside_a_density_resumes_identical(reference, tmp_
     assert_same_outputs(ref, tmp_path)
 
 
-def test_measures_killed_inside_a_group_resumes_identical(reference, tmp_path):
+def test_measures_killed_after_a_member_stopped_resumes_identical(reference, tmp_path):
+    """Killed at step 150, after one member stopped at 100: the resumed run must
+    keep it stopped (its checkpoint at 100 predates the freeze)."""
     ref = reference("measures", MEASURES)
+    members = json.load(open(ref / "groups" / "a0_n0" / "result.json"))["members"]
+    assert [(m["reached_stop_loss"], m["stop_step"]) for m in members.values()] == [(False, 200), (True, 100)]
     killed_then_resumed(tmp_path, MEASURES, "metrics:groups/a0_n0:150")
     assert_same_outputs(ref, tmp_path)

@@ -166,6 +166,8 @@ class Measures:
         stopped = {}
         for record in stage.records:  # a resumed stage: what the records already say
             self._note_stops(record, stopped)
+        # a checkpoint is written before the freeze that follows it: freeze again on resuming
+        state = self.freeze(state, stopped)
         step = int(np.asarray(state.step).reshape(-1)[0])
         while step < t.steps and len(stopped) < len(names):
             stop = min(t.steps, (step // t.checkpoint_every + 1) * t.checkpoint_every)
