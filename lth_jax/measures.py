@@ -243,9 +243,6 @@ def chunked(x, y, chunk: int):
     return xs.reshape(n_chunks, chunk, *x.shape[1:]), ys.reshape(n_chunks, chunk)
 
 
-_spectral = jax.jit(spectral_norm)
-
-
 @jax.jit
 def _weight_stats(params, init_params, mask, scales, init_scales):
     """Per kernel: squared spectral and Frobenius norms, of the weights and of
