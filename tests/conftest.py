@@ -11,6 +11,8 @@ import pytest  # noqa: E402
 
 from crash import CACHE, main_py  # noqa: E402
 
+DATA_CACHE = CACHE + "_data"
+
 # Tests compile the same programs many times (every tiny run builds its own
 # steps); JAX's persistent compilation cache, one per test session and shared
 # by the xdist workers and the main.py subprocesses, compiles each once.
@@ -19,12 +21,26 @@ for var, value in (("JAX_COMPILATION_CACHE_DIR", CACHE), ("JAX_PERSISTENT_CACHE_
                    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
     os.environ.setdefault(var, value)  # notebook kernels and other subprocesses
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+# Generated datasets (MNIST-1D) are cached per session too, not in the user's ~/.cache.
+os.environ["LTH_JAX_CACHE_DIR"] = DATA_CACHE
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):  # the controlling process, after every worker is done
         shutil.rmtree(CACHE, ignore_errors=True)
+        shutil.rmtree(DATA_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def quick_compile():
+    """XLA with most optimizations off, for tests that compile large programs
+    (ResNets, Conv-6) to run them a few steps: compiling dominates them, and
+    what they check (the run's files, shapes, bookkeeping) does not depend on
+    how well the code is optimized."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ import tensorflow_datasets as tfds
 
 from lth_jax.experiments import lottery
 
+pytestmark = pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
+
 
 @pytest.mark.parametrize("name", ["lottery_conv6_cifar10", "lottery_resnet20_cifar10"])
 def test_cifar_lottery_config_runs_on_mock_data(tmp_path, name):

@@ -1,11 +1,16 @@
 """The accelerator configs run end to end on tfds mock data (a few steps)."""
 import importlib
 
+import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax.experiments import diet, measures, unit_search
 
+# compile-bound (see conftest); not the measures test, whose bisection runs long enough to need optimized code
+quick_compile = pytest.mark.usefixtures("quick_compile")
 
+
+@quick_compile
 def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
     cfg = importlib.import_module("configs.diet_resnet18_cifar10").get_config()
     cfg.model.width = 8  # the recipe's architecture, narrower, to keep the test fast
@@ -21,6 +26,7 @@ def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
     assert summary["test_accuracy"]["random"]["0.5"]["kept"] == 16
 
 
+@quick_compile
 def test_unit_search_conv6_config_runs_on_mock_data(tmp_path):
     cfg = importlib.import_module("configs.unit_search_conv6_cifar10").get_config()
     cfg.data.validation_size = 16

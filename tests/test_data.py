@@ -39,7 +39,8 @@ def test_mnist1d_deterministic_and_seeded():
     assert not np.allclose(a.x_train, c.x_train)
 
 
-def test_mnist1d_leaves_global_rng_alone():
+def test_mnist1d_leaves_global_rng_alone(monkeypatch):
+    monkeypatch.setenv("LTH_JAX_CACHE_DIR", "")  # generate, not read from the cache
     np.random.seed(123)
     random.seed(123)
     expect_np, expect_py = np.random.rand(), random.random()
@@ -47,6 +48,31 @@ def test_mnist1d_leaves_global_rng_alone():
     random.seed(123)
     data.load("mnist1d", **SMALL)
     assert np.random.rand() == expect_np and random.random() == expect_py
+
+
+def test_mnist1d_cache_holds_what_generation_gives(monkeypatch, tmp_path):
+    from lth_jax.data import mnist1d
+    monkeypatch.setenv("LTH_JAX_CACHE_DIR", "")
+    made = data.load("mnist1d", data_seed=3, **SMALL)
+    monkeypatch.setenv("LTH_JAX_CACHE_DIR", str(tmp_path))
+    first = data.load("mnist1d", data_seed=3, **SMALL)
+    cached = list((tmp_path / "mnist1d").glob("*.npz"))
+    assert len(cached) == 1
+    generate = mnist1d._generate
+    monkeypatch.setattr(mnist1d, "_generate", lambda *a: pytest.fail("generated although cached"))
+    second = data.load("mnist1d", data_seed=3, **SMALL)
+    for ds in (first, second):
+        for name in ("x_train", "y_train", "x_test", "y_test", "x_val"):
+            np.testing.assert_array_equal(getattr(ds, name), getattr(made, name))
+        assert ds.num_classes == made.num_classes == 10
+    cached[0].write_bytes(b"damaged")  # an unreadable cache file is made again
+    calls = []
+    monkeypatch.setattr(mnist1d, "_generate", lambda *a: calls.append(1) or generate(*a))
+    again = data.load("mnist1d", data_seed=3, **SMALL)
+    np.testing.assert_array_equal(again.x_train, made.x_train)
+    assert calls == [1] and cached[0].read_bytes()[:2] == b"PK"
+    data.load("mnist1d", data_seed=4, **SMALL)  # other options: another file
+    assert len(list((tmp_path / "mnist1d").glob("*.npz"))) == 2
 
 
 def test_mnist1d_unnormalized_and_limits():

@@ -146,6 +146,7 @@ def test_all_measures_are_mask_aware_and_match_direct_formulas():
     assert "margin" not in adj and adj["log_prod_of_spec"] == pytest.approx(0.5 * (out["log_prod_of_spec"] - np.log(600)))
 
 
+@pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 def test_batchnorm_folding_keeps_resnet20s_function():
     from lth_jax.train import init_variables
     model = models_lib.get("resnet20", num_classes=10)

@@ -105,6 +105,7 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 @pytest.mark.parametrize("name,shape", CASES, ids=[c[0] for c in CASES])
 def test_grand_fast_matches_vmap(name, shape):
     model, f, v, x, y = _setup(name, shape, n=3)

@@ -60,6 +60,7 @@ def test_scan_equals_python_loop_of_steps():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 def test_conv_model_trains_inside_compiled_loop():
     tx = optim.optimizer("sgd", 0.05)
     model, state = pruned_state(tx, models.get("conv2", num_classes=3), (8, 8, 1), fraction=0.3)

@@ -107,6 +107,7 @@ def test_bad_config_is_one_line(key, value, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 def test_conv6_channels_reach_the_flattened_dense_layer():
     """The CIFAR config's model: channel masks of conv_5 become rows of dense_0 (NHWC flatten)."""
     import jax

@@ -69,6 +69,7 @@ def test_conv_then_flatten_reads_every_position_of_a_channel():
     assert np.asarray(mask["head"]["kernel"])[:, 0].tolist() == [False, True] * 4  # NHWC: channel fastest
 
 
+@pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 def test_resnet20_residual_channels_are_tied_and_batchnorm_masked():
     model = models.get("resnet20", num_classes=10, width=4)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
