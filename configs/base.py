@@ -66,6 +66,11 @@ def get_config():
     c.lottery.ap_fraction = 0.0      # share of each level's budget removed by AP (Liu et al. 2022) instead of magnitude
     c.lottery.instability_levels = ()  # levels whose rewind point gets the instability analysis
     c.lottery.instability_points = 11  # points on the line between the two copies
+    c.lottery.keep_members = False   # write every member's trained weights (levels/L/final.npz; controls, batch stats)
+    c.lottery.robustness = False     # at the end: the robustness lottery (lth_jax.robustness); keeps the members
+    c.lottery.robustness_severities = (1, 3, 5)
+    c.lottery.robustness_corruptions = ()  # names (lth_jax.data.corruptions); () = every one that fits the inputs
+    c.lottery.robustness_examples = 2000   # test examples evaluated under each corruption
     # lottery tickets on a data diet (Paul et al. 2022): the dense pre-training up to
     # rewind_step uses the examples a scores.npz (from the diet experiment) selects
     c.lottery.pretrain_scores = ""   # path to a diet run's scores/scores.npz; "" = pre-train on all examples

@@ -4,23 +4,31 @@ last layer on clean and corrupted data.
 
     python -m lth_jax.robustness WORKDIR [--severities 1,3,5] [--corruptions a,b] [--examples N]
 
-For every level of the run it evaluates the dense network (level 0) and each
-replicate's ticket (``levels/L/ticket_final.npz``) on the test set corrupted
-by every corruption that fits the inputs (`lth_jax.data.corruptions`:
-images or 1-D signals) at each severity, one seeded draw per (corruption,
-severity), the same for every network. Geometry (`lth_jax.geometry`): the
-distributions of ||h|| and theta_y of the dense network and the sparsest
-ticket, clean and under each corruption at the highest severity. The
-controls' trained weights are not kept by a lottery run, so only tickets
-and the dense network are evaluated; models with BatchNorm need their batch
-statistics, which the lottery's files do not hold, and are refused.
+For every level of the run it evaluates the networks the run kept, on the
+test set corrupted by every corruption that fits the inputs
+(`lth_jax.data.corruptions`: images or 1-D signals) at each severity, one
+seeded draw per (corruption, severity), the same for every network:
+- with ``lottery.keep_members = True`` (or ``lottery.robustness = True``) each
+  level's ``final.npz`` holds every member's trained weights and BatchNorm
+  statistics: the dense network (level 0), the tickets and every control;
+- otherwise only ``ticket_final.npz`` exists: the dense network and the
+  tickets, and models with BatchNorm are refused (their statistics are not
+  in that file).
+Geometry (`lth_jax.geometry`): the distributions of ||h|| and theta_y of the
+dense network and the sparsest ticket, clean and under each corruption at
+the highest severity.
 
-Writes ``robustness.json`` and ``plots/robustness.png`` (accuracy vs %
-weights remaining per corruption) and ``plots/geometry.png`` into WORKDIR.
+``lottery.robustness = True`` runs this at the end of the lottery run itself
+(``lottery.robustness_severities``, ``robustness_corruptions``,
+``robustness_examples``). Writes ``robustness.json`` and
+``plots/robustness.png`` (accuracy vs % weights remaining per corruption, one
+line per kind of network) and ``plots/geometry.png`` into WORKDIR.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 
 import jax
@@ -39,10 +47,16 @@ from lth_jax.workdir import RunDir, is_run
 
 def accuracy(model, variables, x, y, chunk: int = 1000) -> float:
     correct = 0
+    count = _correct(model)
     for i in range(0, len(y), chunk):
-        out, _ = call_model(model, variables, x[i:i + chunk], train=False)
-        correct += int(jnp.sum(jnp.argmax(out, -1) == y[i:i + chunk]))
+        correct += int(count(variables, x[i:i + chunk], y[i:i + chunk]))
     return correct / len(y)
+
+
+@functools.lru_cache(maxsize=8)
+def _correct(model):
+    """The compiled count of correct predictions of `model` on a batch."""
+    return jax.jit(lambda v, x, y: jnp.sum(jnp.argmax(call_model(model, v, x, train=False)[0], -1) == y))
 
 
 def corrupted_sets(x, y, names, severities, key, mean, std):
@@ -62,20 +76,26 @@ def geometry_stats(model, variables, x, y) -> dict:
             "theta_y_mean": float(theta.mean()), "margin_mean": float(np.mean(np.asarray(g["margin"])))}
 
 
-def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 2000, seed: int = 0) -> dict:
+def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 2000, seed: int = 0,
+             finished: bool = True) -> dict:
+    """The corruption table and geometry of a lottery workdir's networks (see
+    the module docstring); `finished=False` lets a run evaluate itself before
+    it writes its summary."""
     from lth_jax.experiments import common
     rundir = RunDir(workdir)
     check(is_run(rundir.path), f"{workdir} is not a lth_jax workdir (no config.json)")
     config = read_json(rundir.file("config.json"))
     check(config.get("experiment") == "lottery", f"{workdir} holds a {config.get('experiment')!r} run; "
                                                  "robustness evaluates lottery runs")
-    check(rundir.finished, f"{workdir} is not finished (no summary.json); finish it by running the same command")
+    check(not finished or rundir.finished, f"{workdir} is not finished (no summary.json); finish it by running "
+                                           "the same command")
     cfg = config_dict.ConfigDict(config)
     ds = common.load_data(cfg, cfg.seed)
     model = common.build_model(cfg, ds.num_classes)
     example = init_variables(model, jax.random.key(0), ds.input_shape)
-    check(not example.get("batch_stats"), f"{cfg.model.name} has BatchNorm statistics, which a lottery run's "
-                                          "files do not keep; robustness evaluates models without BatchNorm")
+    levels = list(range(cfg.lottery.levels + 1))
+    results = [read_json(rundir.file("levels", str(level), "result.json")) for level in levels]
+    networks = [_networks(rundir, level, result, example, cfg) for level, result in zip(levels, results)]
     valid = corruptions.names_for(ds.input_shape)
     names = list(names or valid)
     for n in names:
@@ -88,52 +108,88 @@ def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 200
     mean = 0.0 if ds.mean is None else ds.mean
     std = 1.0 if ds.std is None else ds.std
     sets = corrupted_sets(x, y, names, severities, jax.random.key(seed), mean, std)
-    summary = read_json(rundir.file("summary.json"))
-    levels = [e["level"] for e in summary["levels"]]
-    like = ensemble.stack([example["params"] for _ in range(cfg.lottery.seeds)])
     out = {"examples": n, "severities": list(severities), "corruptions": names, "levels": []}
-    finals = {}
-    for level in levels:
-        finals[level] = npz.load(rundir.file("levels", str(level), "ticket_final.npz"), like, what="trained networks")
-        kind = "dense" if level == 0 else "ticket"
-        entry = {"level": level, "density": next(e["density"] for e in summary["levels"] if e["level"] == level),
-                 "kind": kind, "clean": [], "corrupted": {f"{c}:{s}": [] for c, s in sets}}
-        for r in range(cfg.lottery.seeds):
-            v = {"params": ensemble.take(finals[level], r)}
-            entry["clean"].append(accuracy(model, v, x, y))
-            for (c, s), xc in sets.items():
-                entry["corrupted"][f"{c}:{s}"].append(accuracy(model, v, xc, y))
-        out["levels"].append(entry)
+    for level, result, nets in zip(levels, results, networks):
+        density = np.mean([m["density"] for name, m in result["members"].items()
+                           if name.split("/")[0] in ("dense", "ticket")])
+        for kind, variables in nets.items():
+            entry = {"level": level, "density": float(density), "kind": kind, "clean": [],
+                     "corrupted": {f"{c}:{s}": [] for c, s in sets}}
+            for v in variables:
+                entry["clean"].append(accuracy(model, v, x, y))
+                for (c, s), xc in sets.items():
+                    entry["corrupted"][f"{c}:{s}"].append(accuracy(model, v, xc, y))
+            out["levels"].append(entry)
     top = max(severities)
     out["geometry"] = {}
-    for label, level in (("dense", levels[0]), ("sparsest ticket", levels[-1])):
-        v = {"params": ensemble.take(finals[level], 0)}
+    for label, nets in (("dense", networks[0]), ("sparsest ticket", networks[-1])):
+        v = next(iter(nets.values()))[0]
         out["geometry"][label] = {"clean": geometry_stats(model, v, x, y),
                                   **{c: geometry_stats(model, v, sets[(c, top)], y) for c in names}}
     return out
 
 
+def _networks(rundir, level: int, result: dict, example: dict, cfg) -> dict:
+    """{kind: [variables of each replicate]} of a level, in the order of its
+    result's member names (dense/r, ticket/r, then each control's)."""
+    names = list(result["members"])
+    kept = rundir.file("levels", str(level), "final.npz")
+    one = {"params": example["params"], "batch_stats": example.get("batch_stats", {})}
+    if os.path.exists(kept):
+        stacked = npz.load(kept, ensemble.stack([one for _ in names]), what="trained networks")
+        members = {name: ensemble.take(stacked, i) for i, name in enumerate(names)}
+    else:
+        check(not example.get("batch_stats"), f"{cfg.model.name} has BatchNorm statistics, which this run's "
+                                              "ticket_final.npz does not hold; run the lottery with "
+                                              "lottery.keep_members=True (or lottery.robustness=True)")
+        like = ensemble.stack([example["params"] for _ in range(cfg.lottery.seeds)])
+        finals = npz.load(rundir.file("levels", str(level), "ticket_final.npz"), like, what="trained networks")
+        kind = "dense" if level == 0 else "ticket"
+        members = {f"{kind}/{r}": {"params": ensemble.take(finals, r)} for r in range(cfg.lottery.seeds)}
+    out = {}
+    for name, v in members.items():
+        v = {k: t for k, t in v.items() if k == "params" or t}
+        out.setdefault(name.split("/")[0], []).append(v)
+    return out
+
+
+KIND_STYLE = {"dense": ("black", "-"), "ticket": ("tab:blue", "-"), "reinit": ("tab:orange", "--"),
+              "random_prune": ("tab:green", "--"), "shuffle": ("tab:purple", ":")}
+
+
+def _curve(result: dict, kind: str, value) -> tuple:
+    """(% remaining, mean accuracy %) of `kind` over levels, the dense net at level 0."""
+    entries = [e for e in result["levels"] if e["kind"] in (kind, "dense")]
+    return [100 * e["density"] for e in entries], [100 * np.mean(value(e)) for e in entries]
+
+
 def draw(rundir, result: dict) -> list:
     plt = pyplot()
     names, sev = result["corruptions"], result["severities"]
+    kinds = [k for k in KIND_STYLE if k != "dense" and any(e["kind"] == k for e in result["levels"])]
+    top = max(sev)
     cols = min(4, len(names) + 1)
     rows = -(-(len(names) + 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    x = [100 * e["density"] for e in result["levels"]]
-    summary = {"levels": result["levels"]}
+    summary = {"levels": [e for e in result["levels"] if e["kind"] in ("dense", "ticket")]}
     for ax, name in zip(axes.ravel(), ["clean", *names]):
-        if name == "clean":
-            ax.plot(x, [100 * np.mean(e["clean"]) for e in result["levels"]], "o-", color="black", ms=3)
-        else:
-            for s, color in zip(sev, ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")):
-                ax.plot(x, [100 * np.mean(e["corrupted"][f"{name}:{s}"]) for e in result["levels"]], "o-",
-                        color=color, ms=3, label=f"severity {s}")
-            ax.legend(fontsize=6)
+        for kind in kinds:
+            color, ls = KIND_STYLE[kind]
+            if name == "clean":
+                ax.plot(*_curve(result, kind, lambda e: e["clean"]), "o", ls=ls, color=color, ms=3, label=kind)
+                continue
+            ax.plot(*_curve(result, kind, lambda e: e["corrupted"][f"{name}:{top}"]), "o", ls=ls, color=color,
+                    ms=3, label=f"{kind}, severity {top}")
+            if kind == "ticket":  # the milder severities, for the ticket only
+                for s, alpha in zip(sorted(sev)[:-1], (0.35, 0.6, 0.8, 0.9)):
+                    ax.plot(*_curve(result, kind, lambda e: e["corrupted"][f"{name}:{s}"]), "o", ls=":",
+                            color=color, alpha=alpha, ms=2, label=f"ticket, severity {s}")
+        ax.legend(fontsize=5)
         remaining_axis(ax, summary, "test accuracy (%)")
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[len(names) + 1:]:
         ax.axis("off")
-    fig.suptitle("dense (100%) and tickets under corruptions (mean over replicates)")
+    fig.suptitle("dense (100%), tickets and controls under corruptions (mean over replicates)")
     paths = [rundir.file("plots", "robustness.png")]
     save_figure(fig, paths[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -166,19 +222,23 @@ def main(argv=None) -> int:
     except (LthError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rundir = RunDir(args.workdir)
+    write(RunDir(args.workdir), result)
+    return 0
+
+
+def write(rundir, result: dict) -> None:
+    """robustness.json, the plots, and the table at the highest severity."""
     write_json(rundir.file("robustness.json"), result)
     paths = draw(rundir, result)
     top = max(result["severities"])
     print(f"test accuracy (%), mean over replicates; corruptions at severity {top}")
-    header = ["level", "% remaining", "clean", *result["corruptions"]]
+    header = ["level", "kind", "% remaining", "clean", *result["corruptions"]]
     print("  ".join(f"{h:>14}" for h in header))
     for e in result["levels"]:
-        cells = [str(e["level"]), f"{100 * e['density']:.2f}", f"{100 * np.mean(e['clean']):.2f}",
+        cells = [str(e["level"]), e["kind"], f"{100 * e['density']:.2f}", f"{100 * np.mean(e['clean']):.2f}",
                  *[f"{100 * np.mean(e['corrupted'][f'{c}:{top}']):.2f}" for c in result["corruptions"]]]
         print("  ".join(f"{c:>14}" for c in cells))
     print(f"results: {rundir.file('robustness.json')}, {', '.join(paths)}")
-    return 0
 
 
 if __name__ == "__main__":

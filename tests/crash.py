@@ -86,7 +86,8 @@ def assert_same_outputs(reference, resumed):
 SHRUNK = ["--config.train.steps=200", "--config.train.eval_every=50", "--config.train.checkpoint_every=100",
           "--config.data.source.num_samples=1000", "--config.model.widths=(32,)", "--noprogress"]
 LOTTERY = SHRUNK + ["--config.lottery.levels=1", "--config.lottery.seeds=1"]
-REWIND_K = LOTTERY + ["--config.lottery.rewind_step=100"]
+REWIND_K = LOTTERY + ["--config.lottery.rewind_step=100", "--config.lottery.robustness=True",
+                      "--config.lottery.robustness_severities=(3,)"]
 DIET = ["--config=configs/diet_mnist1d.py"] + SHRUNK[:-1] + ["--config.diet.members=2", "--config.diet.seeds=1",
                       "--config.diet.fractions=(0.5,)", "--config.diet.full_data=False",
                       "--config.diet.score_epochs=30.0", "--config.data.validation_size=100", "--noprogress"]

@@ -21,9 +21,12 @@ def test_lottery_killed_three_times_resumes_identical(reference, tmp_path):
     assert_same_outputs(ref, tmp_path)
 
 
-def test_lottery_rewind_k_killed_at_the_step_k_checkpoint(reference, tmp_path):
+def test_lottery_rewind_k_killed_at_the_step_k_checkpoint_and_in_robustness(reference, tmp_path):
+    """Killed at the rewind point's checkpoint, then while the in-run robustness
+    evaluation writes its results (every level done, no summary yet)."""
     ref = reference("rewind_k", REWIND_K)
-    killed_then_resumed(tmp_path, REWIND_K, "checkpoint:levels/0:100")
+    assert (ref / "robustness.json").exists() and (ref / "levels" / "1" / "final.npz").exists()
+    killed_at_each(tmp_path, REWIND_K, ["checkpoint:levels/0:100", "write:robustness.json"])
     assert_same_outputs(ref, tmp_path)
 
 

@@ -48,3 +48,50 @@ def test_bad_inputs_are_one_line_errors(finished, tmp_path, capsys):
     assert "severities must be in 1..5" in capsys.readouterr().err
     assert robustness.main([str(tmp_path)]) == 2
     assert "not a lth_jax workdir" in capsys.readouterr().err
+
+
+def test_in_run_option_covers_the_controls(tmp_path):
+    c = default.get_config()
+    c.data.source.num_samples = 800
+    c.data.validation_size = 100
+    c.model.widths = (32,)
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every = 200, 100, 100
+    c.lottery.levels, c.lottery.seeds, c.lottery.controls = 1, 2, ("reinit", "shuffle")
+    c.lottery.robustness, c.lottery.robustness_severities = True, (2,)
+    c.lottery.robustness_corruptions, c.lottery.robustness_examples = ("signal_noise",), 150
+    lottery.run(c, str(tmp_path), progress=False)
+    out = json.load(open(tmp_path / "robustness.json"))
+    assert [(e["level"], e["kind"]) for e in out["levels"]] == [(0, "dense"), (1, "ticket"), (1, "reinit"),
+                                                                 (1, "shuffle")]
+    assert all(len(e["clean"]) == 2 and list(e["corrupted"]) == ["signal_noise:2"] for e in out["levels"])
+    # the kept weights are the members the level trained: on the whole test set they score what it recorded
+    result = json.load(open(tmp_path / "levels" / "1" / "result.json"))
+    full = robustness.evaluate(str(tmp_path), (2,), ["signal_noise"], examples=10_000)
+    for e in full["levels"][1:]:
+        recorded = [result["members"][f"{e['kind']}/{r}"]["final_test_accuracy"] for r in (0, 1)]
+        np.testing.assert_allclose(e["clean"], recorded, atol=1e-6)
+    assert os.path.getsize(tmp_path / "plots" / "robustness.png") > 10_000
+
+
+def test_kept_batch_stats_are_used_and_their_absence_refused(tmp_path):
+    from lth_jax import ensemble, npz
+    from lth_jax.workdir import RunDir
+
+    class Cfg:  # what _networks reads of a config
+        class model:
+            name = "resnet20"
+
+        class lottery:
+            seeds = 1
+    example = {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {"mean": np.zeros(3, np.float32)}}
+    result = {"members": {"ticket/0": {}, "reinit/0": {}}}
+    (tmp_path / "levels" / "1").mkdir(parents=True)
+    with pytest.raises(robustness.LthError, match="keep_members=True"):
+        robustness._networks(RunDir(str(tmp_path)), 1, result, example, Cfg)
+    kept = [{"params": {"w": np.full(3, i, np.float32)}, "batch_stats": {"mean": np.full(3, 10 + i, np.float32)}}
+            for i in (1, 2)]
+    npz.save(str(tmp_path / "levels" / "1" / "final.npz"), ensemble.stack(kept))
+    nets = robustness._networks(RunDir(str(tmp_path)), 1, result, example, Cfg)
+    assert list(nets) == ["ticket", "reinit"]
+    np.testing.assert_array_equal(nets["reinit"][0]["batch_stats"]["mean"], [12, 12, 12])
+    np.testing.assert_array_equal(nets["ticket"][0]["params"]["w"], [1, 1, 1])

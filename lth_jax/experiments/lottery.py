@@ -33,7 +33,9 @@ Controls at each level, trained in the same compiled program as the ticket
 Each level is a stage (``lth_jax.stages``) in ``levels/L/``: ``checkpoints/``
 (removed once the level is done), ``metrics.jsonl``, ``result.json`` (per
 member metrics), ``mask.npz`` (replicate 0's ticket mask; ``mask_r{r}.npz``
-for the others), ``ticket_final.npz`` (what level L+1 prunes) and ``done``.
+for the others), ``ticket_final.npz`` (what level L+1 prunes), with ``lottery.keep_members``
+``final.npz`` (every member's trained params and batch stats, in the order
+of result.json's names), and ``done``.
 Level 0 also holds ``rewind.npz``, written when its state reaches the rewind
 step and never again. ``summary.json`` and ``plots/`` close the run. A killed
 run restarted with the same command skips the done levels and resumes the
@@ -49,8 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import ensemble, figures, npz, pruning, subsets, units
+from lth_jax import ensemble, figures, npz, pruning, robustness, subsets, units
 from lth_jax import masks as masks_lib
+from lth_jax.data import corruptions
 from lth_jax.errors import check
 from lth_jax.experiments import common, lottery_report
 from lth_jax.experiments.lottery_report import CONTROLS
@@ -94,6 +97,10 @@ def check_config(cfg) -> None:
         subsets.check_fraction(lt.pretrain_fraction)
     check(0 <= lt.ap_fraction < 1, f"lottery.ap_fraction must be in [0, 1) (the share of each level's pruning "
                                    f"budget removed by AP), got {lt.ap_fraction}")
+    for sev in lt.robustness_severities:
+        check(sev in (1, 2, 3, 4, 5), f"lottery.robustness_severities must be in 1..5, got {sev!r}")
+    check(len(lt.robustness_severities) > 0, "lottery.robustness_severities is empty; give e.g. (1, 3, 5)")
+    check(lt.robustness_examples >= 1, f"lottery.robustness_examples must be >= 1, got {lt.robustness_examples}")
     for level in lt.instability_levels:
         check(0 <= level <= lt.levels, f"lottery.instability_levels has {level}, outside [0, levels = {lt.levels}]")
 
@@ -116,6 +123,11 @@ class Lottery:
                                     functools.partial(units.random_like, flow_=self.flow))
         # read (and checked) before the workdir is touched
         self.pretrain = self.pretrain_subset() if self.lt.pretrain_scores else None
+        if self.lt.robustness:
+            valid = corruptions.names_for(self.parts.dataset.input_shape)
+            for name in self.lt.robustness_corruptions:
+                check(name in valid, f"lottery.robustness_corruptions has {name!r}, which does not apply to inputs "
+                                     f"of shape {self.parts.dataset.input_shape}; valid: {', '.join(valid)}")
 
     def prune(self, trained, mask, start):
         """One level's new mask from the trained ticket: `lottery.fraction` of the
@@ -256,6 +268,11 @@ class Lottery:
                 self.run_level(level, stage, ticket_final, prev_masks)
             finally:
                 stage.close()
+        if self.lt.robustness:  # before the summary: a run killed here evaluates again when restarted
+            lt = self.lt
+            robustness.write(self.rundir, robustness.evaluate(
+                self.rundir.path, tuple(lt.robustness_severities), list(lt.robustness_corruptions) or None,
+                lt.robustness_examples, finished=False))
         summary = lottery_report.summarize(self.rundir, self.lt.levels, time.time() - t0)
         self.rundir.write_summary(summary)
         lottery_report.draw(self.rundir, summary)
@@ -287,6 +304,8 @@ class Lottery:
         for r in self.replicates:
             stage.write_once(os.path.basename(self.mask_path(level, r)), ensemble.take(masks, r), dtype=bool)
         stage.write_once("ticket_final.npz", ensemble.take(state.params, np.arange(R)))
+        if self.lt.keep_members or self.lt.robustness:
+            stage.write_once("final.npz", {"params": state.params, "batch_stats": state.batch_stats})
         stage.finish(result)
 
     def mask_path(self, level, r):
