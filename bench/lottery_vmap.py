@@ -20,6 +20,10 @@ Variants (timed interleaved):
               stacked state, index rows (n, batch) shared by all members
   vmapped_xK  the same shared batches handed over as per-member rows (n, K, batch),
               so the batch carries a member axis (a layout experiment; see README)
+  blockB      Steps(members=True, member_block=B): the stack in one program, B
+              members at a time through each chunk (`--blocks`; B=1 = one
+              member after another inside the program; "auto" = the default
+              choice, see Steps.member_block)
   sequential  jit(Steps(members=False).scan_steps), the K members one after another
 
 A level is `--steps` steps (default 3000, the configs' train.steps) run in
@@ -32,10 +36,12 @@ are reported, and speedup = sequential / vmapped.
     python bench/lottery_vmap.py --out bench/results/lottery_vmap.json
     python bench/lottery_vmap.py --quick --out /tmp/lv.json          # smoke run
     python bench/lottery_vmap.py --per_member_order   # each member its own data order
+    python bench/lottery_vmap.py --blocks 1,4         # also the member_block layouts
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -84,7 +90,7 @@ def build(name, k, args):
         rows = [batch_indices((0, m), cfg["n_train"], cfg["batch"], 0, args.steps) for m in range(k)]
     else:
         rows = [batch_indices(0, cfg["n_train"], cfg["batch"], 0, args.steps)] * k
-    return Steps(model, tx), Steps(model, tx, members=True), states, x, y, rows
+    return Steps(model, tx), Steps(model, tx, members=True, member_block=None), states, x, y, rows
 
 
 def variants(name, k, args):
@@ -134,6 +140,15 @@ def variants_of(name, k, args, single, stacked, states, x, y, rows):
     def sequential():
         out["sequential"] = [run(scan_single, copy(s), idx) for s, idx in zip(states, alone_idx)]
 
+    def blocked(b):
+        steps = dataclasses.replace(stacked, member_block=b)
+        print(f"  block{b}: member_block {steps.block_of(stacked0)}", flush=True)
+        scan = jax.jit(steps.scan_steps, donate_argnums=0)
+
+        def fn():
+            out[f"block{b}"] = run(scan, copy(stacked0), vm_idx)
+        return fn
+
     def check():
         """vmapped vs sequential after the last repetition: max |loss difference| over the
         first 10 steps (should be ~1e-6) and max |param difference| at the end (grows with
@@ -141,8 +156,8 @@ def variants_of(name, k, args, single, stacked, states, x, y, rows):
         seq_state = ensemble.stack([s for s, _ in out["sequential"]])
         seq_loss = np.stack([l for _, l in out["sequential"]], axis=1)[:10]  # (steps, K)
         res = {}
-        for v in ("vmapped", "vmapped_xK"):
-            if v in out:
+        for v in out:
+            if v != "sequential":
                 st, loss = out[v]
                 d = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), st.params, seq_state.params)
                 res[v] = {"loss_diff_first10": float(np.max(np.abs(loss[:10] - seq_loss))),
@@ -155,6 +170,8 @@ def variants_of(name, k, args, single, stacked, states, x, y, rows):
         # then has a member axis, which changes how XLA lays out the vmapped dense layers
         vm_idx_k = [jnp.asarray(np.repeat(r[a:b][:, None], k, axis=1)) for r in rows[:1] for a, b in chunks]
         fns[f"{name}_K{k}_vmapped_xK"] = vmapped_xk
+    for b in args.blocks:
+        fns[f"{name}_K{k}_block{b}"] = blocked(b)
     fns[f"{name}_K{k}_sequential"] = sequential
     return fns, check
 
@@ -178,6 +195,8 @@ def add_timing_args(ap):
     ap.add_argument("--per_member_order", action="store_true", help="each member its own data order")
     ap.add_argument("--no_xk_variant", dest="xk_variant", action="store_false",
                     help="skip the vmapped_xK variant (shared batches given a member axis)")
+    ap.add_argument("--blocks", default="", help="comma list of member_block sizes B (or auto) to time as "
+                                                 "blockB variants")
 
 
 def parse(ap, default_steps=3000):
@@ -186,6 +205,7 @@ def parse(ap, default_steps=3000):
     args.reps = args.reps or (2 if q else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
     args.steps = args.steps or (500 if q else default_steps)
+    args.blocks = [b.strip() if b.strip() == "auto" else int(b) for b in args.blocks.split(",") if b.strip()]
     common.apply_xla_flags(args.xla_flags)
     return args
 
@@ -210,7 +230,7 @@ def measure(cases, make_variants, args, title, extra):
                 "errors": errors, "timings": timings}
         checks = check() if sq else {}
         case["checks"] = checks
-        for v in ("vmapped", "vmapped_xK"):
+        for v in ["vmapped", "vmapped_xK"] + [f"block{b}" for b in args.blocks]:
             vm = timings.get(f"{name}_K{k}_{v}")
             if not (vm and sq):
                 continue
@@ -235,7 +255,8 @@ def measure(cases, make_variants, args, title, extra):
          "sequential s (med)", "speedup (best)", "speedup (med)", "vmapped ms/step (med)",
          "alone ms/step/member (med)", "max dloss 10 steps", "max dparam end"], table))
     print("\nspeedup = sequential / vmapped. vmapped: the members' stacked state, batch shared "
-          "(x without member axis); vmapped_xK: the same batches with a member axis (index rows (n, K, batch)). "
+          "(x without member axis); vmapped_xK: the same batches with a member axis (index rows (n, K, batch)); "
+          "blockB: member_block=B (B members at a time through each chunk). "
           "dloss/dparam: vmapped vs sequential (float reordering only; Adam amplifies it over the steps).")
     for key, case in results["cases"].items():
         for v, e in case["errors"].items():

@@ -53,8 +53,8 @@ def variants(name, n, args):
         mask = units.to_weights(variables["params"], {g[0]: keep for g, keep in um.items()}, fl)
         states.append(create_state(variables["params"], {}, tx, mask))
     rows = [batch_indices(0, SETUP["n_train"], SETUP["batch"], 0, args.steps)] * n
-    return lottery_vmap.variants_of(name, n, args, Steps(model, tx), Steps(model, tx, members=True), states, x, y,
-                                    rows)
+    stacked = Steps(model, tx, members=True, member_block=None)
+    return lottery_vmap.variants_of(name, n, args, Steps(model, tx), stacked, states, x, y, rows)
 
 
 def main():

@@ -46,6 +46,7 @@ def get_config():
     c.train.eval_batch_size = 1000
     c.train.log_activations = False  # dead-neuron rates (dynamic, static) at every evaluation, on the val set
     c.train.device_data = True       # keep the train set on the device, batches gathered in the compiled loop
+    c.train.member_block = "auto"    # how stacked members train: "auto" | "vmap" (all at every step) | B (B at a time)
 
     c.mask = config_dict.ConfigDict()
     c.mask.path = ""                 # a mask.npz to train a pruned network

@@ -261,8 +261,9 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
         "dead_static", on the first `eval_batch_size` examples of the "val" or
         first eval set) to every record (see `lth_jax.activations`).
       members: `variables` are a stack of K members (`ensemble.stack`, each leaf
-        with a leading K axis; `mask` stacked too), trained together by vmap
-        on shared batches.
+        with a leading K axis; `mask` stacked too), trained together in one
+        compiled program on shared batches (vmapped; on a CPU in blocks of
+        members, see `train.Steps.member_block`).
       progress: a tqdm bar on a terminal (a string names it); False = silent.
       donate: when `variables` is a TrainState, let the compiled steps reuse
         its buffers (saves one copy of the state; its arrays are deleted

@@ -45,6 +45,18 @@ def check_train(cfg) -> None:
           f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of train.eval_every ({t.eval_every}): "
           "checkpoints are saved at evaluations")
     check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    member_block(cfg)
+
+
+def member_block(cfg):
+    """train.member_block as `Steps` takes it: "auto", None ("vmap") or an int
+    (a string of digits from the command line, where the key is a string)."""
+    b = cfg.train.get("member_block", "auto")
+    if b in ("auto", "vmap"):
+        return None if b == "vmap" else b
+    check(str(b).isdigit() and int(b) >= 1,
+          f"train.member_block must be 'auto', 'vmap' or a whole number >= 1 (members trained at a time), got {b!r}")
+    return int(b)
 
 
 @dataclasses.dataclass
@@ -81,7 +93,8 @@ def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) 
         layout.check_batch(cfg.train.batch_size, "train.batch_size")
         layout.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
     augment = crop_flip if dataset.augment == "crop_flip" else None
-    steps = Steps(model, tx, augment=augment, batch_sharding=layout.batch if layout else None, members=members)
+    steps = Steps(model, tx, augment=augment, batch_sharding=layout.batch if layout else None, members=members,
+                  member_block=member_block(cfg))
     eval_sets = {"test": (dataset.x_test, dataset.y_test)}
     if dataset.x_val is not None:
         eval_sets["val"] = (dataset.x_val, dataset.y_val)
