@@ -26,6 +26,19 @@ os.environ["LTH_JAX_CACHE_DIR"] = DATA_CACHE
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The longest files first (minutes, measured), so that the two xdist workers
+# (--dist loadfile) do not end with one of them alone on a long file.
+LONGEST_FIRST = ["test_resume_stages.py", "test_configs_mock_others.py", "test_notebook.py",
+                 "test_configs_mock_lottery.py", "test_resume.py", "test_prune_at_init.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order inside a file and among the others stays
+
+
 def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):  # the controlling process, after every worker is done
         shutil.rmtree(CACHE, ignore_errors=True)
