@@ -16,7 +16,8 @@ seeded draw per (corruption, severity), the same for every network:
   in that file).
 Geometry (`lth_jax.geometry`): the distributions of ||h|| and theta_y of the
 dense network and the sparsest ticket, clean and under each corruption at
-the highest severity.
+the highest severity, and how well theta_y tells their misclassified
+examples from the correct ones (`separation`: Cohen's d, AUROC, Mann-Whitney U).
 
 ``lottery.robustness = True`` runs this at the end of the lottery run itself
 (``lottery.robustness_severities``, ``robustness_corruptions``,
@@ -72,8 +73,28 @@ def corrupted_sets(x, y, names, severities, key, mean, std):
 def geometry_stats(model, variables, x, y) -> dict:
     g = geometry.of_model(model, variables, x, y)
     h, theta = np.asarray(g["h_norm"]), np.asarray(g["theta_y"])
+    margin = np.asarray(g["margin"])
     return {"h_norm": h.tolist(), "theta_y": theta.tolist(), "h_norm_mean": float(h.mean()),
-            "theta_y_mean": float(theta.mean()), "margin_mean": float(np.mean(np.asarray(g["margin"])))}
+            "theta_y_mean": float(theta.mean()), "margin_mean": float(margin.mean()),
+            "theta_y_separation": separation(theta, margin > 0)}
+
+
+def separation(values, correct) -> dict | None:
+    """How well `values` (theta_y) tell misclassified examples from correct ones:
+    the means, Cohen's d (pooled standard deviation), the AUROC (the chance that
+    a misclassified example has the larger value) and the two-sided
+    Mann-Whitney U test's p-value; None unless both groups have 2 examples."""
+    from scipy import stats
+    values, correct = np.asarray(values, np.float64), np.asarray(correct, bool)
+    right, wrong = values[correct], values[~correct]
+    if len(right) < 2 or len(wrong) < 2:
+        return None
+    pooled = np.sqrt(((len(right) - 1) * right.var(ddof=1) + (len(wrong) - 1) * wrong.var(ddof=1))
+                     / (len(right) + len(wrong) - 2))
+    u, p = stats.mannwhitneyu(wrong, right, alternative="two-sided")
+    return {"correct": int(len(right)), "misclassified": int(len(wrong)), "mean_correct": float(right.mean()),
+            "mean_misclassified": float(wrong.mean()), "cohens_d": float((wrong.mean() - right.mean()) / pooled),
+            "auroc": float(u / (len(right) * len(wrong))), "mann_whitney_p": float(p)}
 
 
 def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 2000, seed: int = 0,
@@ -170,7 +191,8 @@ def draw(rundir, result: dict) -> list:
     top = max(sev)
     cols = min(4, len(names) + 1)
     rows = -(-(len(names) + 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)  # room for each panel's title under the row above
     summary = {"levels": [e for e in result["levels"] if e["kind"] in ("dense", "ticket")]}
     for ax, name in zip(axes.ravel(), ["clean", *names]):
         for kind in kinds:
@@ -238,6 +260,17 @@ def write(rundir, result: dict) -> None:
         cells = [str(e["level"]), e["kind"], f"{100 * e['density']:.2f}", f"{100 * np.mean(e['clean']):.2f}",
                  *[f"{100 * np.mean(e['corrupted'][f'{c}:{top}']):.2f}" for c in result["corruptions"]]]
         print("  ".join(f"{c:>14}" for c in cells))
+    print(f"theta_y of misclassified vs correct examples (replicate 0; corruptions at severity {top})")
+    print("  ".join(f"{h:>16}" for h in ["network", "data", "misclassified", "theta wrong", "theta right",
+                                            "Cohen's d", "AUROC", "Mann-Whitney p"]))
+    for label, conditions in result["geometry"].items():
+        for cond, g in conditions.items():
+            sep = g.get("theta_y_separation")
+            if sep:
+                cells = [label, cond, str(sep["misclassified"]), f"{sep['mean_misclassified']:.3f}",
+                         f"{sep['mean_correct']:.3f}", f"{sep['cohens_d']:.2f}", f"{sep['auroc']:.3f}",
+                         f"{sep['mann_whitney_p']:.2g}"]
+                print("  ".join(f"{c:>16}" for c in cells))
     print(f"results: {rundir.file('robustness.json')}, {', '.join(paths)}")
 
 

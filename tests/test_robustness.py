@@ -36,6 +36,8 @@ def test_corrupted_accuracy_per_level_and_geometry(finished, capsys):
     assert noisy < clean - 0.05, (clean, noisy)  # noise of std 0.8 on standardised signals hurts
     geo = out["geometry"]["dense"]
     assert len(geo["clean"]["h_norm"]) == out["examples"] and 0 < geo["clean"]["theta_y_mean"] < np.pi
+    sep = geo["clean"]["theta_y_separation"]
+    assert sep["correct"] + sep["misclassified"] == out["examples"] and 0 <= sep["auroc"] <= 1
     for name in ("robustness.png", "geometry.png"):
         assert os.path.getsize(os.path.join(finished, "plots", name)) > 10_000
     assert "% remaining" in capsys.readouterr().out
@@ -95,3 +97,19 @@ def test_kept_batch_stats_are_used_and_their_absence_refused(tmp_path):
     assert list(nets) == ["ticket", "reinit"]
     np.testing.assert_array_equal(nets["reinit"][0]["batch_stats"]["mean"], [12, 12, 12])
     np.testing.assert_array_equal(nets["ticket"][0]["params"]["w"], [1, 1, 1])
+
+
+def test_theta_separation_matches_pairwise_counts():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(1.0, 0.2, 60), rng.normal(1.3, 0.2, 25)])
+    correct = np.arange(85) < 60
+    sep = robustness.separation(values, correct)
+    wrong, right = values[~correct], values[correct]
+    pairs = (wrong[:, None] > right[None, :]).mean() + 0.5 * (wrong[:, None] == right[None, :]).mean()
+    assert sep["auroc"] == pytest.approx(pairs, abs=1e-12) and sep["auroc"] > 0.75
+    pooled = np.sqrt((59 * right.var(ddof=1) + 24 * wrong.var(ddof=1)) / 83)
+    assert sep["cohens_d"] == pytest.approx((wrong.mean() - right.mean()) / pooled)
+    assert sep["mann_whitney_p"] < 1e-4 and (sep["correct"], sep["misclassified"]) == (60, 25)
+    same = robustness.separation(rng.normal(size=200), np.arange(200) % 2 == 0)
+    assert abs(same["auroc"] - 0.5) < 0.1 and same["mann_whitney_p"] > 0.01
+    assert robustness.separation(values, np.ones(85, bool)) is None

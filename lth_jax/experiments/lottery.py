@@ -354,4 +354,7 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
 
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
-    return lottery_report.draw(rundir, summary)
+    paths = lottery_report.draw(rundir, summary)
+    if os.path.exists(rundir.file("robustness.json")):
+        paths += robustness.draw(rundir, read_json(rundir.file("robustness.json")))
+    return paths
