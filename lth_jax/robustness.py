@@ -17,7 +17,10 @@ seeded draw per (corruption, severity), the same for every network:
 Geometry (`lth_jax.geometry`): the distributions of ||h|| and theta_y of the
 dense network and the sparsest ticket, clean and under each corruption at
 the highest severity, and how well theta_y tells their misclassified
-examples from the correct ones (`separation`: Cohen's d, AUROC, Mann-Whitney U).
+examples from the correct ones (`separation`: Cohen's d, AUROC, Mann-Whitney U);
+the logits rebuilt from the decomposition are checked against the model's
+(`logit_rebuild_error`, relative to the largest |logit|; the report says
+whether it is within 1e-5).
 
 ``lottery.robustness = True`` runs this at the end of the lottery run itself
 (``lottery.robustness_severities``, ``robustness_corruptions``,
@@ -74,9 +77,11 @@ def geometry_stats(model, variables, x, y) -> dict:
     g = geometry.of_model(model, variables, x, y)
     h, theta = np.asarray(g["h_norm"]), np.asarray(g["theta_y"])
     margin = np.asarray(g["margin"])
+    model_logits = np.asarray(g["model_logits"], np.float64)
+    rebuild = np.abs(np.asarray(g["logits"], np.float64) - model_logits).max() / max(1.0, np.abs(model_logits).max())
     return {"h_norm": h.tolist(), "theta_y": theta.tolist(), "h_norm_mean": float(h.mean()),
             "theta_y_mean": float(theta.mean()), "margin_mean": float(margin.mean()),
-            "theta_y_separation": separation(theta, margin > 0)}
+            "theta_y_separation": separation(theta, margin > 0), "logit_rebuild_error": float(rebuild)}
 
 
 def separation(values, correct) -> dict | None:
@@ -173,6 +178,8 @@ def _networks(rundir, level: int, result: dict, example: dict, cfg) -> dict:
         out.setdefault(name.split("/")[0], []).append(v)
     return out
 
+
+REBUILD_TOLERANCE = 1e-5  # the decomposition must give back the model's logits
 
 KIND_STYLE = {"dense": ("black", "-"), "ticket": ("tab:blue", "-"), "reinit": ("tab:orange", "--"),
               "random_prune": ("tab:green", "--"), "shuffle": ("tab:purple", ":")}
@@ -271,6 +278,9 @@ def write(rundir, result: dict) -> None:
                          f"{sep['mean_correct']:.3f}", f"{sep['cohens_d']:.2f}", f"{sep['auroc']:.3f}",
                          f"{sep['mann_whitney_p']:.2g}"]
                 print("  ".join(f"{c:>16}" for c in cells))
+    worst = max(g["logit_rebuild_error"] for conditions in result["geometry"].values() for g in conditions.values())
+    print(f"logits rebuilt as ||W_c|| ||h|| cos(theta_c) + b_c: largest error {worst:.1e} of the largest |logit| "
+          f"({'within' if worst <= REBUILD_TOLERANCE else 'OVER'} the {REBUILD_TOLERANCE:g} check)")
     print(f"results: {rundir.file('robustness.json')}, {', '.join(paths)}")
 
 

@@ -36,11 +36,13 @@ def test_corrupted_accuracy_per_level_and_geometry(finished, capsys):
     assert noisy < clean - 0.05, (clean, noisy)  # noise of std 0.8 on standardised signals hurts
     geo = out["geometry"]["dense"]
     assert len(geo["clean"]["h_norm"]) == out["examples"] and 0 < geo["clean"]["theta_y_mean"] < np.pi
+    assert all(g["logit_rebuild_error"] < 1e-5 for c in out["geometry"].values() for g in c.values())
     sep = geo["clean"]["theta_y_separation"]
     assert sep["correct"] + sep["misclassified"] == out["examples"] and 0 <= sep["auroc"] <= 1
     for name in ("robustness.png", "geometry.png"):
         assert os.path.getsize(os.path.join(finished, "plots", name)) > 10_000
-    assert "% remaining" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "% remaining" in printed and "within the 1e-05 check" in printed
 
 
 def test_bad_inputs_are_one_line_errors(finished, tmp_path, capsys):
