@@ -102,6 +102,20 @@ def separation(values, correct) -> dict | None:
             "auroc": float(u / (len(right) * len(wrong))), "mann_whitney_p": float(p)}
 
 
+def check_options(severities, names, input_shape, prefix: str = "") -> list:
+    """The corruption names to evaluate (`names`, or every one that fits
+    `input_shape` when empty), after checking them and the severities; errors
+    name the options as `prefix` + "severities" / "corruptions"."""
+    check(len(severities) > 0, f"{prefix}severities is empty; give e.g. (1, 3, 5)")
+    for s in severities:
+        check(s in (1, 2, 3, 4, 5), f"{prefix}severities must be in 1..5, got {s!r}")
+    valid = corruptions.names_for(input_shape)
+    for n in names or ():
+        check(n in valid, f"{prefix}corruptions has {n!r}, which does not apply to inputs of shape {input_shape}; "
+                          f"valid: {', '.join(valid)}")
+    return list(names or valid)
+
+
 def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 2000, seed: int = 0,
              finished: bool = True) -> dict:
     """The corruption table and geometry of a lottery workdir's networks (see
@@ -122,13 +136,7 @@ def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 200
     levels = list(range(cfg.lottery.levels + 1))
     results = [read_json(rundir.file("levels", str(level), "result.json")) for level in levels]
     networks = [_networks(rundir, level, result, example, cfg) for level, result in zip(levels, results)]
-    valid = corruptions.names_for(ds.input_shape)
-    names = list(names or valid)
-    for n in names:
-        check(n in valid, f"corruption {n!r} does not apply to inputs of shape {ds.input_shape}; valid: "
-                          f"{', '.join(valid)}")
-    for s in severities:
-        check(s in (1, 2, 3, 4, 5), f"severities must be in 1..5, got {s}")
+    names = check_options(severities, names, ds.input_shape)
     n = min(examples, len(ds.y_test))
     x, y = jnp.asarray(ds.x_test[:n]), jnp.asarray(ds.y_test[:n])
     mean = 0.0 if ds.mean is None else ds.mean

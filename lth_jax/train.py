@@ -260,32 +260,34 @@ class Steps:
         def body(st, idx):
             return step(st, self.shard(x_all[idx], per_member), self.shard(y_all[idx], per_member), key)
         per_member = index.ndim == 3
-        if self.members and self.block_of(state):
+        block = self.members and self.block_of(state)
+        if block:
             def one(st, idx):
                 return jax.lax.scan(lambda s, i: self.step(s, self.shard(x_all[i]), self.shard(y_all[i]), key),
                                     st, index if idx is None else idx)
-            return self._in_blocks(one, state, jnp.moveaxis(index, 1, 0) if per_member else None)
+            return self._in_blocks(one, state, jnp.moveaxis(index, 1, 0) if per_member else None, block)
         step = self._step(per_member)
         return jax.lax.scan(body, state, index)
 
-    def _in_blocks(self, run, state, member_xs):
+    @staticmethod
+    def _in_blocks(run, state, member_xs, block: int):
         """`run(one member's state, its xs or None) -> (state, metrics over steps)`
-        for every member, `member_block` at a time; metrics come back (steps, members)
+        for every member, `block` at a time; metrics come back (steps, members)
         as the vmapped scan returns them."""
-        block = self.block_of(state)
-        block = None if block == 1 else int(block)
-        new, metrics = jax.lax.map(lambda a: run(*a), (state, member_xs), batch_size=block)
+        batch = None if block == 1 else int(block)  # lax.map without batch_size: a plain loop, no vmap of 1
+        new, metrics = jax.lax.map(lambda a: run(*a), (state, member_xs), batch_size=batch)
         return new, jax.tree_util.tree_map(lambda m: jnp.moveaxis(m, 0, 1), metrics)
 
     def scan_batches(self, state, xs, ys, key, per_member: bool = False):
         """Steps over host-gathered batches xs (n, batch, ...), ys (n, batch, ...),
         or (n, members, batch, ...) with `per_member`."""
-        if self.members and self.block_of(state):
+        block = self.members and self.block_of(state)
+        if block:
             def one(st, b):
                 b = (xs, ys) if b is None else b
                 return jax.lax.scan(lambda s, xy: self.step(s, self.shard(xy[0]), self.shard(xy[1]), key), st, b)
             moved = (jnp.moveaxis(xs, 1, 0), jnp.moveaxis(ys, 1, 0)) if per_member else None
-            return self._in_blocks(one, state, moved)
+            return self._in_blocks(one, state, moved, block)
         step = self._step(per_member)
         return jax.lax.scan(lambda st, b: step(st, self.shard(b[0], per_member), self.shard(b[1], per_member), key),
                             state, (xs, ys))

@@ -21,9 +21,9 @@ for var, value in (("JAX_COMPILATION_CACHE_DIR", CACHE), ("JAX_PERSISTENT_CACHE_
                    ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
     os.environ.setdefault(var, value)  # notebook kernels and other subprocesses
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Generated datasets (MNIST-1D) are cached per session too, not in the user's ~/.cache.
 os.environ["LTH_JAX_CACHE_DIR"] = DATA_CACHE
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # The longest files first (minutes, measured), so that the two xdist workers

@@ -1,23 +1,16 @@
 """The accelerator configs run end to end on tfds mock data (a few steps)."""
-import importlib
-
 import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax.experiments import lottery
+from mock_configs import shrunk
 
 pytestmark = pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
 
 
 @pytest.mark.parametrize("name", ["lottery_conv6_cifar10", "lottery_resnet20_cifar10"])
 def test_cifar_lottery_config_runs_on_mock_data(tmp_path, name):
-    cfg = importlib.import_module(f"configs.{name}").get_config()
-    cfg.data.validation_size = 16
-    cfg.train.batch_size = 8
-    cfg.train.eval_batch_size = 16
-    cfg.train.steps = 4
-    cfg.train.eval_every = 2
-    cfg.train.checkpoint_every = 2
+    cfg = shrunk(name)
     cfg.lottery.levels = 1
     cfg.lottery.rewind_step = min(cfg.lottery.rewind_step, 2)
     cfg.optimizer.boundaries = ()

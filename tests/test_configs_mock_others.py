@@ -1,10 +1,9 @@
 """The accelerator configs run end to end on tfds mock data (a few steps)."""
-import importlib
-
 import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax.experiments import diet, measures, unit_search
+from mock_configs import shrunk
 
 # compile-bound (see conftest); not the measures test, whose bisection runs long enough to need optimized code
 quick_compile = pytest.mark.usefixtures("quick_compile")
@@ -12,12 +11,8 @@ quick_compile = pytest.mark.usefixtures("quick_compile")
 
 @quick_compile
 def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
-    cfg = importlib.import_module("configs.diet_resnet18_cifar10").get_config()
+    cfg = shrunk("diet_resnet18_cifar10", validation_size=None)
     cfg.model.width = 8  # the recipe's architecture, narrower, to keep the test fast
-    cfg.train.batch_size = 8
-    cfg.train.eval_batch_size = 16
-    cfg.train.steps = 4
-    cfg.train.eval_every = 2
     cfg.diet.members = 2
     cfg.diet.score_epochs = 0.5
     with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -28,13 +23,7 @@ def test_diet_resnet18_config_runs_on_mock_data(tmp_path):
 
 @quick_compile
 def test_unit_search_conv6_config_runs_on_mock_data(tmp_path):
-    cfg = importlib.import_module("configs.unit_search_conv6_cifar10").get_config()
-    cfg.data.validation_size = 16
-    cfg.train.batch_size = 8
-    cfg.train.eval_batch_size = 16
-    cfg.train.steps = 4
-    cfg.train.eval_every = 2
-    cfg.train.checkpoint_every = 2
+    cfg = shrunk("unit_search_conv6_cifar10")
     cfg.optimizer.boundaries = ()
     cfg.unit_search.candidates, cfg.unit_search.keep, cfg.unit_search.seeds = 2, 1, 1
     cfg.unit_search.sparsities, cfg.unit_search.criterion_step = (0.5,), 2
@@ -46,13 +35,7 @@ def test_unit_search_conv6_config_runs_on_mock_data(tmp_path):
 
 
 def test_measures_cifar10_config_runs_on_mock_data(tmp_path):
-    cfg = importlib.import_module("configs.measures_cifar10").get_config()
-    cfg.data.validation_size = 16
-    cfg.train.batch_size = 8
-    cfg.train.eval_batch_size = 16
-    cfg.train.steps = 4
-    cfg.train.eval_every = 2
-    cfg.train.checkpoint_every = 2
+    cfg = shrunk("measures_cifar10")
     cfg.measures.models = ("conv2",)  # ResNet-20's BatchNorm folding is tested in tests/test_measures.py
     cfg.measures.weight_decays, cfg.measures.seeds, cfg.measures.label_noise = (0.0,), 1, (0.0,)
     cfg.measures.samples = 2

@@ -10,14 +10,20 @@ from lth_jax import robustness
 from lth_jax.experiments import lottery
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def small_lottery(levels: int, controls: tuple):
+    """The default job shrunk to seconds: 2 replicates, 200 steps per level."""
     c = default.get_config()
     c.data.source.num_samples = 800
     c.data.validation_size = 100
     c.model.widths = (32,)
     c.train.steps, c.train.eval_every, c.train.checkpoint_every = 200, 100, 100
-    c.lottery.levels, c.lottery.seeds, c.lottery.controls = 2, 2, ()
+    c.lottery.levels, c.lottery.seeds, c.lottery.controls = levels, 2, controls
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    c = small_lottery(2, ())
     workdir = str(tmp_path_factory.mktemp("lottery"))
     lottery.run(c, workdir, progress=False)
     return workdir
@@ -55,12 +61,7 @@ def test_bad_inputs_are_one_line_errors(finished, tmp_path, capsys):
 
 
 def test_in_run_option_covers_the_controls(tmp_path):
-    c = default.get_config()
-    c.data.source.num_samples = 800
-    c.data.validation_size = 100
-    c.model.widths = (32,)
-    c.train.steps, c.train.eval_every, c.train.checkpoint_every = 200, 100, 100
-    c.lottery.levels, c.lottery.seeds, c.lottery.controls = 1, 2, ("reinit", "shuffle")
+    c = small_lottery(1, ("reinit", "shuffle"))
     c.lottery.robustness, c.lottery.robustness_severities = True, (2,)
     c.lottery.robustness_corruptions, c.lottery.robustness_examples = ("signal_noise",), 150
     lottery.run(c, str(tmp_path), progress=False)

@@ -53,7 +53,6 @@ import numpy as np
 
 from lth_jax import ensemble, figures, npz, pruning, robustness, subsets, units
 from lth_jax import masks as masks_lib
-from lth_jax.data import corruptions
 from lth_jax.errors import check
 from lth_jax.experiments import common, lottery_report
 from lth_jax.experiments.lottery_report import CONTROLS
@@ -97,9 +96,6 @@ def check_config(cfg) -> None:
         subsets.check_fraction(lt.pretrain_fraction)
     check(0 <= lt.ap_fraction < 1, f"lottery.ap_fraction must be in [0, 1) (the share of each level's pruning "
                                    f"budget removed by AP), got {lt.ap_fraction}")
-    for sev in lt.robustness_severities:
-        check(sev in (1, 2, 3, 4, 5), f"lottery.robustness_severities must be in 1..5, got {sev!r}")
-    check(len(lt.robustness_severities) > 0, "lottery.robustness_severities is empty; give e.g. (1, 3, 5)")
     check(lt.robustness_examples >= 1, f"lottery.robustness_examples must be >= 1, got {lt.robustness_examples}")
     for level in lt.instability_levels:
         check(0 <= level <= lt.levels, f"lottery.instability_levels has {level}, outside [0, levels = {lt.levels}]")
@@ -123,11 +119,8 @@ class Lottery:
                                     functools.partial(units.random_like, flow_=self.flow))
         # read (and checked) before the workdir is touched
         self.pretrain = self.pretrain_subset() if self.lt.pretrain_scores else None
-        if self.lt.robustness:
-            valid = corruptions.names_for(self.parts.dataset.input_shape)
-            for name in self.lt.robustness_corruptions:
-                check(name in valid, f"lottery.robustness_corruptions has {name!r}, which does not apply to inputs "
-                                     f"of shape {self.parts.dataset.input_shape}; valid: {', '.join(valid)}")
+        robustness.check_options(self.lt.robustness_severities, self.lt.robustness_corruptions,
+                                 self.parts.dataset.input_shape, prefix="lottery.robustness_")
 
     def prune(self, trained, mask, start):
         """One level's new mask from the trained ticket: `lottery.fraction` of the
