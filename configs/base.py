@@ -106,6 +106,10 @@ def get_config():
     c.measures.seeds = 2
     c.measures.label_noise = (0.0,)  # add shares > 0 for Gastpar et al.'s check (the same grid on noisy labels)
     c.measures.stop_loss = 0.01      # a member stops when its training cross-entropy reaches this
+    c.measures.lottery_levels = 0    # IMP rounds after the dense grid (lottery.fraction, lottery.scope; rewound to init)
+    c.measures.diet_fractions = ()   # kept shares of the training set besides all of it, e.g. (0.5, 0.25)
+    c.measures.diet_selection = "random"  # or SCORE:METHOD (e.g. el2n:hardest) with measures.diet_scores
+    c.measures.diet_scores = ""      # a diet run's scores/scores.npz
     c.measures.samples = 10          # Monte Carlo draws per sigma of the sharpness bisection
 
     c.diet = config_dict.ConfigDict()  # experiment = "diet"

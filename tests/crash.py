@@ -103,4 +103,5 @@ MEASURES = ["--config=configs/measures_mnist1d.py"] + SHRUNK[:-2] + [
     "--config.measures.widths=((16,),)", "--config.measures.learning_rates=(0.001,0.003)",
     "--config.measures.weight_decays=(0.0,)", "--config.measures.seeds=1", "--config.measures.label_noise=(0.0,)",
     "--config.measures.samples=2", "--config.measures.stop_loss=1.8",  # the lr 3e-3 member stops at step 100
+    "--config.measures.lottery_levels=1",
     "--config.data.validation_size=100", "--noprogress"]

@@ -86,6 +86,47 @@ def test_stop_steps_are_recorded(finished):
         assert m["stop_step"] == 100 and not m["reached_stop_loss"]  # 0.01 is out of reach in 100 steps
 
 
+def test_lottery_levels_and_diet_fractions_are_grid_axes(tmp_path):
+    """Members at every IMP level (0.2 of the remaining weights per round,
+    rewound to init) and on half of the training set, ranked along both axes."""
+    c = tiny(measures__lottery_levels=2, measures__diet_fractions=(0.5,), measures__label_noise=(0.0,),
+             measures__learning_rates=(1e-2,), measures__seeds=2)
+    summary = measures.run(c, str(tmp_path), progress=False)
+    groups = sorted(os.listdir(tmp_path / "groups"))
+    assert groups == [f"a0_n0_f{f}_L{level}" for f in ("0.5", "1") for level in range(3)]
+    n_train = json.load(open(tmp_path / "groups" / "a0_n0_f1_L0" / "result.json"))["examples"]
+    final = np.load(tmp_path / "groups" / "a0_n0_f0.5_L1" / "final.npz")
+    for g in groups:
+        result = json.load(open(tmp_path / "groups" / g / "result.json"))
+        f, level = result["diet_fraction"], result["lottery_level"]
+        assert result["examples"] == round(f * n_train)
+        assert ("final.npz" in os.listdir(tmp_path / "groups" / g)) == (level < 2)
+        for m in result["members"].values():
+            assert (m["diet_fraction"], m["lottery_level"]) == (f, level)
+            assert m["density"] == pytest.approx(0.8 ** level, abs=0.01)
+            assert m["raw"]["params"] == round(m["density"] * (40 * 16 + 16 * 10))  # alive kernel entries
+    mask1 = {k: final[k] for k in final.files if k.startswith("mask/")}
+    assert all(v.dtype == bool for v in mask1.values()) and sum(v.sum() for v in mask1.values()) > 0
+    assert summary["clean_members"] == 12
+    for axis in ("diet_fraction", "lottery_level"):
+        assert summary["ranking"]["fro_dist"][axis] is not None, axis
+    assert "tau | lottery_level" in measures_report.table_rows(summary)[0]
+
+
+def test_a_scored_diet_keeps_the_hardest_examples(tmp_path):
+    from lth_jax.experiments import common, diet
+    c = tiny(measures__diet_fractions=(0.25,), measures__diet_selection="el2n:hardest",
+             measures__diet_scores=str(tmp_path / "scores.npz"))
+    ds = common.load_data(c, c.seed)
+    score = np.random.default_rng(0).random(len(ds.y_train))
+    diet.save_scores(c.measures.diet_scores, ds.train_indices, {"el2n": score[None]}, ds.fingerprint())
+    kept = measures.Measures(c, str(tmp_path / "run"), progress=False).subset(0.25)
+    np.testing.assert_array_equal(kept, np.sort(np.argsort(-score)[:round(0.25 * len(score))]))
+    c.measures.diet_selection = "grand:hardest"
+    with pytest.raises(LthError, match="has no 'grand' scores; it has: el2n"):
+        measures.Measures(c, str(tmp_path / "run"), progress=False)
+
+
 def test_tau_and_psi_on_a_known_grid():
     members = []
     for a, lr, wd, seed in itertools.product(range(2), (1e-3, 1e-2), (0.0, 1e-4), range(2)):
@@ -109,6 +150,11 @@ def test_tau_and_psi_on_a_known_grid():
     (dict(measures__learning_rates=(1e-3,), measures__label_noise=(0.0,)), "at least 2 clean members"),
     (dict(model__name="lenet_300_100"), "sets the hidden widths of model 'mlp'"),
     (dict(measures__stop_loss=0.0), "stop_loss must be > 0"),
+    (dict(measures__lottery_levels=-1), "lottery_levels (IMP rounds after the dense networks) must be an integer"),
+    (dict(measures__lottery_levels=1, lottery__fraction=1.0), "lottery.fraction (the share each measures"),
+    (dict(measures__diet_fractions=(1.0,)), "diet_fractions are kept shares of the training set in (0, 1)"),
+    (dict(measures__diet_fractions=(0.5,), measures__diet_selection="el2n:hardest"), "give measures.diet_scores"),
+    (dict(measures__diet_selection="el2n"), "must be 'SCORE:METHOD'"),
 ])
 def test_bad_config(tmp_path, over, message):
     with pytest.raises(LthError) as e:

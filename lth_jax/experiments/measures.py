@@ -25,12 +25,26 @@ mean over hyperparameters of the mean tau over the sets of members that
 differ only in that hyperparameter. With label noise: per measure, its mean
 value and the mean test error, clean vs noisy.
 
-Each group is a stage ``groups/G/`` (G = architecture index, noise level);
+lth_jax's own axes: ``measures.lottery_levels`` = L adds IMP tickets: after
+the dense grid trains, each member loses ``lottery.fraction`` of its
+remaining weights by magnitude (``lottery.scope``, ``lottery.layer_fractions``),
+is rewound to its initialisation and retrained, L times; every level's
+members are grid members (``lottery_level``, ``density``), their measures
+computed on the alive weights, distances from the rewind point (here the
+initialisation). ``measures.diet_fractions`` adds groups trained on a kept
+share of the training set (``diet_fraction``): a random subset, or one chosen
+by a diet run's scores (``measures.diet_selection`` "SCORE:METHOD" with
+``measures.diet_scores``). One subset per fraction, shared by its members, so
+the stopping rule, the train accuracy (hence the gap) and the measures are
+all taken on exactly the examples they trained on.
+
+Each group at each level is a stage ``groups/aA_nN[_fF][_LL]/``;
 ``summary.json``, ``plots/measures.png`` (each measure vs the gap, coloured
 by learning rate) and ``plots/label_noise.png`` close the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -40,12 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lth_jax import ensemble, figures, measures, units
+from lth_jax import masks as masks_lib
+from lth_jax import ensemble, figures, measures, npz, pruning, subsets, units
 from lth_jax.errors import check
 from lth_jax.experiments import common, measures_report
+from lth_jax.experiments.diet import load_scores, parse_selection
 from lth_jax.files import read_json
 from lth_jax.stages import Stage
-from lth_jax.subsets import flip_labels
 from lth_jax.train import call_model, create_state, init_variables, variables_of
 from lth_jax.workdir import RunDir
 
@@ -74,6 +89,19 @@ def check_config(cfg) -> None:
           f"measures.label_noise must be shares in [0, 1) including 0 (the clean grid), got {tuple(m.label_noise)}")
     check(m.stop_loss > 0, f"measures.stop_loss must be > 0, got {m.stop_loss}")
     check(m.samples >= 1, f"measures.samples (Monte Carlo draws per sigma) must be >= 1, got {m.samples}")
+    check(int(m.lottery_levels) == m.lottery_levels and m.lottery_levels >= 0,
+          f"measures.lottery_levels (IMP rounds after the dense networks) must be an integer >= 0, "
+          f"got {m.lottery_levels}")
+    if m.lottery_levels:
+        pruning.check_fraction(cfg.lottery.fraction, "lottery.fraction (the share each measures lottery level "
+                                                     "prunes)", allow_zero=False)
+        check(cfg.lottery.scope in ("global", "layerwise"),
+              f"lottery.scope must be global or layerwise, got {cfg.lottery.scope!r}")
+    check(all(0 < f < 1 for f in m.diet_fractions), f"measures.diet_fractions are kept shares of the training set "
+                                                    f"in (0, 1) (1 = all, always trained), got {tuple(m.diet_fractions)}")
+    check(len(set(m.diet_fractions)) == len(m.diet_fractions),
+          f"measures.diet_fractions lists a value twice: {tuple(m.diet_fractions)}")
+    parse_selection(m.diet_selection)
     n_clean = len(architectures(cfg)) * len(m.learning_rates) * len(m.weight_decays) * m.seeds
     check(n_clean >= 2, "the measures grid needs at least 2 clean members to rank")
 
@@ -116,11 +144,21 @@ class Measures:
         self.archs = architectures(cfg)
         self.grid = list(itertools.product(self.m.learning_rates, self.m.weight_decays, range(self.m.seeds)))
         self._apply_fns = {}
+        # read (and checked) before the workdir is touched
+        self.diet_table = load_scores(self.m.diet_scores, self.dataset) if self.m.diet_scores else None
+        score = parse_selection(self.m.diet_selection)[0]
+        if score is not None and self.m.diet_fractions:
+            check(self.diet_table is not None, f"measures.diet_selection {self.m.diet_selection!r} ranks examples "
+                                               "by a score: give measures.diet_scores (a diet run's "
+                                               "scores/scores.npz) or use 'random'")
+            check(f"{score}_mean" in self.diet_table,
+                  f"scores file {self.m.diet_scores} has no {score!r} scores; it has: "
+                  f"{', '.join(k[:-5] for k in self.diet_table if k.endswith('_mean'))}")
 
     def labels(self, noise):
         if noise == 0:
             return np.asarray(self.dataset.y_train)
-        return flip_labels(self.dataset.y_train, self.dataset.num_classes, noise, seed=[self.cfg.seed, 23])[0]
+        return subsets.flip_labels(self.dataset.y_train, self.dataset.num_classes, noise, seed=[self.cfg.seed, 23])[0]
 
     def group_cfg(self, a):
         cfg = self.cfg.copy_and_resolve_references()
@@ -129,35 +167,105 @@ class Measures:
             cfg.model = type(cfg.model)({"name": name, **options})
         return cfg
 
-    def group(self, a, noise):
+    def subset(self, fraction):
+        """The training examples a group with this kept fraction trains on (None =
+        all). One subset per fraction, shared by the group's members, so the
+        stopping rule, train accuracy and the measures all see exactly the
+        examples the members trained on."""
+        if fraction == 1.0:
+            return None
+        score, method = parse_selection(self.m.diet_selection)
+        n = len(self.dataset.y_train)
+        values = self.diet_table[f"{score}_mean"] if score else np.zeros(n)
+        return subsets.choose(method, values, fraction, seed=[self.cfg.seed, 29, int(round(fraction * 1e6))],
+                              labels=self.dataset.y_train)
+
+    def groups(self) -> list:
+        """(architecture, kept fraction, label noise) of every group, in run order."""
+        fractions = [1.0] + sorted(self.m.diet_fractions, reverse=True)
+        return [(a, f, noise) for noise in sorted(self.m.label_noise) for f in fractions
+                for a in range(len(self.archs))]
+
+    def stage_name(self, a, fraction, noise, level) -> str:
+        name = f"a{a}_n{noise:g}"
+        if self.m.diet_fractions:
+            name += f"_f{fraction:g}"
+        if self.m.lottery_levels:
+            name += f"_L{level}"
+        return os.path.join("groups", name)
+
+    def group(self, a, fraction, noise) -> list:
+        """Train and measure one group at every lottery level; [result per level]."""
+        index = self.subset(fraction)
+        y = self.labels(noise)
+        ds = self.dataset
+        if index is not None:
+            ds = dataclasses.replace(ds, x_train=ds.x_train[index], y_train=ds.y_train[index],
+                                     train_indices=ds.train_indices[index])
+            y = y[index]
         name, options = self.archs[a]
         label = f"{name}{'-'.join(str(w) for w in options.get('widths', ()))} noise {noise:g}".replace("mlp", "mlp ")
-        stage = Stage(self.rundir, os.path.join("groups", f"a{a}_n{noise:g}"), label)
-        try:
-            if stage.done:
-                stage.cleanup()
-                return read_json(stage.file("result.json"))
-            y = self.labels(noise)
-            parts = common.build(self.group_cfg(a), members=True, tx=self.tx, dataset=self.dataset, train_labels=y)
-            inits, states, names = [], [], []
-            for lr, wd, r in self.grid:
-                v = init_variables(parts.model, jax.random.fold_in(self.keys["init"], 1000 * a + r),
-                                   self.dataset.input_shape)
-                inits.append(v)
-                states.append(with_hyperparams(create_state(v["params"], v.get("batch_stats", {}), self.tx),
-                                               lr, wd))
-                names.append(f"lr{lr:g}_wd{wd:g}/{r}")
-            state = stage.begin(ensemble.stack(states))
-            parts.trainer.set_members([(self.cfg.seed, r) for _, _, r in self.grid])
-            t0 = time.time()
-            state, stopped = self.train(stage, parts, state, names, label)
-            t1 = time.time()
-            result = self.evaluate(parts, state, inits, names, stopped, y, a, noise)
-            result.update(train_seconds=t1 - t0, measure_seconds=time.time() - t1)
-            stage.finish(result)
-            return result
-        finally:
-            stage.close()
+        if self.m.diet_fractions:
+            label += f" keep {fraction:g}"
+        parts, results = None, []
+        for level in range(self.m.lottery_levels + 1):
+            stage_label = label + (f" level {level}" if self.m.lottery_levels else "")
+            stage = Stage(self.rundir, self.stage_name(a, fraction, noise, level), stage_label)
+            try:
+                if stage.done:
+                    stage.cleanup()
+                    results.append(read_json(stage.file("result.json")))
+                    continue
+                # built on the first level that trains: a resumed group whose levels are done builds nothing
+                parts = parts or common.build(self.group_cfg(a), members=True, tx=self.tx, dataset=ds,
+                                              train_labels=y)
+                results.append(self.level(stage, parts, a, fraction, noise, level, y, stage_label))
+            finally:
+                stage.close()
+        return results
+
+    def level(self, stage, parts, a, fraction, noise, level, y, label) -> dict:
+        inits, states, names = [], [], []
+        for lr, wd, r in self.grid:
+            inits.append(init_variables(parts.model, jax.random.fold_in(self.keys["init"], 1000 * a + r),
+                                        self.dataset.input_shape))
+            names.append(f"lr{lr:g}_wd{wd:g}/{r}")
+        masks = self.ticket_masks(a, fraction, noise, level, inits)
+        for i, (lr, wd, _) in enumerate(self.grid):
+            v = inits[i]
+            states.append(with_hyperparams(create_state(v["params"], v.get("batch_stats", {}), self.tx,
+                                                        None if masks is None else masks[i]), lr, wd))
+        state = stage.begin(ensemble.stack(states))
+        parts.trainer.set_members([(self.cfg.seed, r) for _, _, r in self.grid])
+        t0 = time.time()
+        state, stopped = self.train(stage, parts, state, names, label)
+        t1 = time.time()
+        if level < self.m.lottery_levels:  # what the next level prunes
+            stage.write_once("final.npz", {"params": state.params, "mask": state.mask})
+        result = self.evaluate(parts, state, inits, names, stopped, y, a, noise)
+        for i, m in enumerate(result["members"].values()):
+            mask = ensemble.take(state.mask, i)
+            alive, total = masks_lib.count(mask, masks_lib.prunable(mask))
+            m.update(diet_fraction=fraction, lottery_level=level, density=alive / total)
+        result.update(diet_fraction=fraction, lottery_level=level, examples=int(len(y)),
+                      train_seconds=t1 - t0, measure_seconds=time.time() - t1)
+        stage.finish(result)
+        return result
+
+    def ticket_masks(self, a, fraction, noise, level, inits):
+        """Each member's mask at `level`: the previous level's trained weights with
+        `lottery.fraction` of the remaining ones removed by magnitude (IMP; the
+        ticket is then rewound to the member's initialisation). None at level 0."""
+        if level == 0:
+            return None
+        lt = self.cfg.lottery
+        params = ensemble.stack([v["params"] for v in inits])
+        like = {"params": params, "mask": jax.tree_util.tree_map(lambda p: p.astype(bool), params)}
+        prev = npz.load(self.rundir.file(self.stage_name(a, fraction, noise, level - 1), "final.npz"), like,
+                        what="previous lottery level")
+        prev["mask"] = jax.tree_util.tree_map(lambda m: m.astype(bool), prev["mask"])
+        return [pruning.magnitude(ensemble.take(prev["params"], i), ensemble.take(prev["mask"], i), lt.fraction,
+                                  lt.scope, dict(lt.layer_fractions)) for i in range(len(inits))]
 
     def train(self, stage, parts, state, names, label):
         """Train in segments of checkpoint_every steps; between segments, members
@@ -197,7 +305,7 @@ class Measures:
     def evaluate(self, parts, state, inits, names, stopped, y, a, noise):
         """Every member's metrics and measures."""
         record = parts.trainer.evaluate(state)
-        ds, model = self.dataset, parts.model
+        ds, model = parts.dataset, parts.model
         x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(y)
         example = inits[0]
         flow_ = units.flow(model, example, ds.x_train[:4]) if example.get("batch_stats") else None
@@ -216,7 +324,8 @@ class Measures:
                 def apply_fn(p, xb, stats=stats):  # folded statistics are the same for every member
                     return call_model(model, variables_of(p, stats), xb, train=False)[0]
                 self._apply_fns[a] = apply_fn
-            values = measures.all_measures(apply_fn, params, p0, None, x_train, y_train,
+            mask = ensemble.take(state.mask, i)
+            values = measures.all_measures(apply_fn, params, p0, mask, x_train, y_train,
                                            jax.random.fold_in(self.keys["control"], i), input_shape=ds.input_shape,
                                            scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size,
                                            samples=self.m.samples)
@@ -233,7 +342,7 @@ class Measures:
         self.rundir.start(self.cfg.to_dict(), overwrite)
         try:
             t0 = time.time()
-            results = [self.group(a, noise) for noise in sorted(self.m.label_noise) for a in range(len(self.archs))]
+            results = [r for a, fraction, noise in self.groups() for r in self.group(a, fraction, noise)]
             summary = measures_report.summarize(results, [f"{n}{o.get('widths', '')}" for n, o in self.archs],
                                                 time.time() - t0)
             self.rundir.write_summary(summary)

@@ -8,7 +8,7 @@ from scipy.stats import kendalltau
 
 from lth_jax.figures import format_table, pyplot, save_figure
 
-AXES = ("architecture", "learning_rate", "weight_decay")
+AXES = ("architecture", "learning_rate", "weight_decay", "diet_fraction", "lottery_level")
 
 
 def _members(results: list) -> list:
@@ -28,12 +28,12 @@ def granulated(members: list, measure: str) -> dict:
     the axes with more than one value, and "psi": their mean (Jiang et al.'s Psi)."""
     out = {}
     for axis in AXES:
-        if len({m[axis] for m in members}) < 2:
+        if len({m.get(axis) for m in members}) < 2:
             continue
         others = [a for a in (*AXES, "seed") if a != axis]
         sets = {}
         for m in members:
-            sets.setdefault(tuple(m[a] for a in others), []).append(m)
+            sets.setdefault(tuple(m.get(a) for a in others), []).append(m)
         taus = [t for s in sets.values() if len(s) >= 2
                 for t in [_tau([m["measures"][measure] for m in s], [m["gap"] for m in s])] if t is not None]
         out[axis] = float(np.mean(taus)) if taus else None
