@@ -2,6 +2,11 @@
 
     python main.py --config configs/X.py --workdir DIR [--config.a.b=value] [--overwrite]
 
+Several processes (see README "Several devices and hosts"): start the same
+command in each, with --config.parallel.distributed=True where the cluster
+tells JAX who is who (Cloud TPU VMs, SLURM), or with --coordinator=HOST:PORT
+--num_processes=N --process_id=I.
+
 Exit codes: 0 done; 2 bad input (one line on stderr, nothing in the workdir
 created or deleted); 3 training diverged; 130 interrupted (Ctrl-C), resumable.
 """
@@ -26,7 +31,7 @@ def first_line(e: BaseException) -> str:
 
 
 def parse(argv):
-    """(config, workdir, overwrite, progress) from the command line, or BadInput."""
+    """(config, workdir, overwrite, progress, processes) from the command line, or BadInput."""
     saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides it defines from sys.argv
     try:
         return _parse(argv)
@@ -44,6 +49,11 @@ def _parse(argv):
         flags.DEFINE_bool("overwrite", False, "replace the lth_jax run in --workdir", flag_values=fv)
         flags.DEFINE_bool("progress", True, "progress bars (on a terminal) or one line per evaluation",
                           flag_values=fv)
+        flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0 in a run of several processes",
+                            flag_values=fv)
+        flags.DEFINE_integer("num_processes", 0, "how many processes (with --coordinator)", flag_values=fv)
+        flags.DEFINE_integer("process_id", -1, "this process's id, 0 .. num_processes - 1 (with --coordinator)",
+                             flag_values=fv)
         if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
             raise SystemExit(print(__doc__ + "\n" + fv.get_help()))
         rest = fv(argv)
@@ -64,7 +74,8 @@ def _parse(argv):
         raise BadInput(f"{first_line(e)}; see python main.py --helpfull") from None
     except (OSError, ImportError, TypeError, ValueError) as e:
         raise BadInput(f"cannot load --config: {first_line(e)}") from None
-    return cfg, fv.workdir, fv.overwrite, fv.progress
+    processes = {"coordinator": fv.coordinator, "num_processes": fv.num_processes, "process_id": fv.process_id}
+    return cfg, fv.workdir, fv.overwrite, fv.progress, processes
 
 
 def check_ignored_sections(cfg) -> None:
@@ -84,10 +95,17 @@ def check_ignored_sections(cfg) -> None:
 def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
-        cfg, workdir, overwrite, progress = parse(argv)
-        from lth_jax import experiments
+        cfg, workdir, overwrite, progress, processes = parse(argv)
+        from lth_jax import experiments, parallel
         experiment = experiments.get(cfg.experiment)
         check_ignored_sections(cfg)
+        # before anything computes with JAX
+        if parallel.initialize_distributed(cfg.parallel.distributed, heartbeat_timeout=cfg.parallel.heartbeat_timeout,
+                                           **processes):
+            import jax
+            print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
+                  f"{jax.device_count()} devices", flush=True)
+            progress = progress and parallel.writes_files()  # one progress display, process 0's
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ def get_config():
     c.train.eval_batch_size = 1000
     c.train.log_activations = False  # dead-neuron rates (dynamic, static) at every evaluation, on the val set
     c.train.device_data = True       # keep the train set on the device, batches gathered in the compiled loop
+    c.train.compute_dtype = "float32"  # or "bfloat16": matmuls and convolutions in bfloat16 (mixed precision)
     c.train.member_block = "auto"    # how stacked members train: "auto" | "vmap" (all at every step) | B (B at a time)
 
     c.mask = config_dict.ConfigDict()
@@ -54,6 +55,7 @@ def get_config():
     c.parallel = config_dict.ConfigDict()
     c.parallel.data_parallel = True  # shard batches over all local devices
     c.parallel.distributed = False   # jax.distributed.initialize() for multi-host runs
+    c.parallel.heartbeat_timeout = 100  # seconds without heartbeats after which a lost process stops the run
 
     c.lottery = config_dict.ConfigDict()  # experiment = "lottery"
     c.lottery.levels = 5             # pruning rounds after the dense level 0

@@ -15,6 +15,7 @@ import sys
 import jax
 import orbax.checkpoint as ocp
 
+from lth_jax import parallel
 from lth_jax.files import kill_point
 
 
@@ -67,12 +68,15 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> str:
         target = os.path.join(os.path.dirname(self.directory), "damaged", f"{os.path.basename(self.directory)}_{step}")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
         n = 0
         while os.path.exists(target + (f".{n}" if n else "")):
             n += 1
         target += f".{n}" if n else ""
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        parallel.barrier(f"lth_jax: damaged checkpoint {step} found")  # every process has tried to read it
+        if parallel.writes_files():
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        parallel.barrier(f"lth_jax: damaged checkpoint {step} moved")
         self.manager.close()
         self.manager = self._manager()
         return target

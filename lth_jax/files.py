@@ -3,6 +3,9 @@ same folder, fsync, rename, so a crash leaves the old version or the new one,
 never half of one. JSON holds no bare NaN: non-finite numbers are written as
 null (and read back as NaN where a number is expected).
 
+In a run of several processes only process 0 writes (`lth_jax.parallel`):
+the others compute the same values and skip every write here.
+
 `kill_point(name)` lets the crash tests SIGKILL the process at a named moment
 (`LTH_JAX_KILL_AT=<glob>`); unset, it does nothing.
 """
@@ -30,8 +33,15 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def writes_files() -> bool:
+    from lth_jax import parallel  # imported late: parallel imports jax
+    return parallel.writes_files()
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Write `data` to `path`: temporary file in the same folder, fsync, rename."""
+    if not writes_files():
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -96,6 +106,8 @@ def read_json(path: str):
 def append_jsonl(path: str, record: dict) -> None:
     """Append one record and fsync it; a crash can leave at most a partial last
     line, which `read_jsonl` drops with a warning."""
+    if not writes_files():
+        return
     line = dumps(record) + "\n"
     with open(path, "a") as f:
         f.write(line)
@@ -164,6 +176,9 @@ def read_npz(path: str, what: str = "file") -> dict:
 # ---- figures ----------------------------------------------------------------------------------
 def save_figure(fig, path: str) -> None:
     import matplotlib.pyplot as plt
+    if not writes_files():
+        plt.close(fig)
+        return
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from lth_jax import npz
+from lth_jax import npz, parallel
 from lth_jax.checkpoint import Checkpointer
 from lth_jax.files import append_jsonl, dumps, kill_point, read_jsonl, write_json, write_jsonl
 from lth_jax.trainer import Diverged, Guard
@@ -101,6 +101,7 @@ class Stage:
         path = self.file(name)
         if not os.path.exists(path):
             npz.save(path, tree, dtype=dtype)
+        parallel.barrier(f"lth_jax: wrote {self.name}/{name}")  # another process may read it next
         return path
 
     def finish(self, result: dict | None = None) -> None:
@@ -109,11 +110,12 @@ class Stage:
         if result is not None:
             write_json(self.file("result.json"), result)
         write_json(self.file("done"), {"stage": self.name or "run"})
+        parallel.barrier(f"lth_jax: finished {self.name}")
         self.cleanup()
 
     def cleanup(self) -> None:
         self.close()
-        if self.done and not self.keep_checkpoints:
+        if self.done and not self.keep_checkpoints and parallel.writes_files():
             shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
 
     # ---- training ------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ class Stage:
             kill_point(f"metrics:{self.name or 'run'}:{record['step']}")
             self.rundir.log_tensorboard(record, tb_prefix, members)
             if after_eval is not None:
-                after_eval(st, record)
+                after_eval(parallel.replicated(st), record)
             POSITION.update(label=self.label, step=record["step"])
             step = record["step"]
             if step % checkpoint_every == 0 or step == stop or stopping["requested"]:
@@ -144,8 +146,9 @@ class Stage:
 
         with deferred_interrupt() as stopping:
             try:
-                return trainer.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress,
-                                   guard=self.guard, donate=True)
+                # what the caller reads next is readable on every process
+                return parallel.replicated(trainer.run(state, stop, eval_every, key, on_eval=on_eval,
+                                                       progress=progress, guard=self.guard, donate=True))
             except Diverged as e:
                 raise Diverged(e.step, f"{e.reason}; {self._last_finite_checkpoint()}") from None
 

@@ -155,6 +155,13 @@ def loss_function(loss) -> Callable:
 
 
 # ---- the step ------------------------------------------------------------------------------------
+COMPUTE_DTYPES = (None, "float32", "bfloat16")
+
+
+def _floats_as(tree, dtype):
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """The pure, compilable pieces for one model, optimizer, loss and augmentation.
@@ -180,6 +187,12 @@ class Steps:
       slower than training the members one by one); None on GPU/TPU or with
       several devices (members may be sharded over them). Same results up
       to float reordering either way; only speed differs.
+    compute_dtype: None (or "float32") computes in the parameters' dtype;
+      "bfloat16" casts the parameters and the inputs to bfloat16 for the
+      forward and backward pass (every matmul and convolution in bfloat16),
+      while the parameters, their gradients, the optimizer state, the masks
+      and the BatchNorm statistics stay float32 and the loss is taken on
+      float32 outputs (mixed precision; pruned weights stay exactly 0).
 
     Equal `Steps` (same model, tx object, loss, ...) share their compiled code
     (see `compiled`).
@@ -192,8 +205,12 @@ class Steps:
     loss: Any = "cross_entropy"
     rngs: tuple = ("dropout",)
     member_block: Any = "auto"
+    compute_dtype: Any = None
 
     def __post_init__(self):
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise LthError(f"compute_dtype must be one of {', '.join(map(str, COMPUTE_DTYPES))}, "
+                           f"got {self.compute_dtype!r}")
         b = self.member_block
         if b != "auto" and b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1):
             raise LthError(f"member_block must be 'auto', None (vmap all members) or an int >= 1, got {b!r}")
@@ -230,7 +247,13 @@ class Steps:
         return {name: jax.random.fold_in(key, i + 1) for i, name in enumerate(self.rngs)}
 
     def apply(self, params, batch_stats, x, train: bool, rngs=None):
+        low = self.compute_dtype == "bfloat16"
+        if low:
+            params, x = _floats_as(params, jnp.bfloat16), _floats_as(x, jnp.bfloat16)
         out, new_stats = call_model(self.model, variables_of(params, batch_stats), x, train=train, rngs=rngs)
+        if low:  # the loss and the running statistics in float32
+            out = _floats_as(out, jnp.float32)
+            new_stats = None if new_stats is None else _floats_as(new_stats, jnp.float32)
         return out, batch_stats if new_stats is None else new_stats
 
     def step(self, state: TrainState, x, y, key):

@@ -14,6 +14,7 @@ import optax
 from tqdm import tqdm
 
 from lth_jax import masks as masks_lib
+from lth_jax import parallel
 from lth_jax.errors import LthError, check
 from lth_jax.train import (Steps, TrainState, at_step, batch_indices, call_model, compiled, create_state,
                            pad_batches)
@@ -150,24 +151,27 @@ class Trainer:
 
     def run_chunk(self, state: TrainState, stop: int, key):
         """Steps from state.step to `stop` as one compiled scan (donates `state`)."""
-        start = int(np.asarray(state.step).reshape(-1)[0])
+        start = int(parallel.host(state.step).reshape(-1)[0])
         index = self.order(start, stop)
         if self.device_data:
             return self._scan(state, self.x_dev, self.y_dev, jnp.asarray(index), key)
-        return self._scan_host(state, jnp.asarray(self.x_host[index]), jnp.asarray(self.y_host[index]), key,
-                               per_member=index.ndim == 3)
+        if self.steps.batch_sharding is not None:  # each process gathers only its devices' share
+            x, y = parallel.DataParallel(self.steps.batch_sharding.mesh).batches(index, self.x_host, self.y_host)
+        else:
+            x, y = jnp.asarray(self.x_host[index]), jnp.asarray(self.y_host[index])
+        return self._scan_host(state, x, y, key, per_member=index.ndim == 3)
 
     def evaluate(self, state: TrainState) -> dict:
         """{"<set>_loss"[, "<set>_accuracy"]} means over each evaluation set."""
         out = {}
         for name, (xs, ys, ws, n) in self.eval_sets.items():
             loss, correct = self._eval(state.params, state.batch_stats, xs, ys, ws)
-            out[f"{name}_loss"] = np.asarray(loss) / n
+            out[f"{name}_loss"] = parallel.host(loss) / n
             if self.steps.classifies:
-                out[f"{name}_accuracy"] = np.asarray(correct) / n
+                out[f"{name}_accuracy"] = parallel.host(correct) / n
         if self.activation_batch is not None:
             dynamic, static = self._dead(state.params, state.batch_stats, self.activation_batch)
-            out["dead_dynamic"], out["dead_static"] = np.asarray(dynamic), np.asarray(static)
+            out["dead_dynamic"], out["dead_static"] = parallel.host(dynamic), parallel.host(static)
         return out
 
     def run(self, state: TrainState, stop: int, eval_every: int, key, *, on_eval: Callable = None,
@@ -184,9 +188,12 @@ class Trainer:
         """
         check(eval_every >= 1, f"eval_every must be >= 1, got {eval_every}")
         guard = Guard() if guard is None else guard
-        start = int(np.asarray(state.step).reshape(-1)[0])
+        start = int(parallel.host(state.step).reshape(-1)[0])
         if not donate and start < stop:
             state = jax.tree_util.tree_map(jnp.copy, state)
+        several = self.steps.members and self.steps.batch_sharding is not None and jax.process_count() > 1
+        if several and start < stop:  # each process trains its devices' members; all read the result
+            state = parallel.DataParallel(self.steps.batch_sharding.mesh).members_split(state)
         desc = progress if isinstance(progress, str) else "train"
         bar_wanted = bool(progress) and sys.stderr.isatty()
         bar = tqdm(total=stop, initial=start, desc=desc, disable=not bar_wanted, leave=False,
@@ -196,10 +203,11 @@ class Trainer:
             while step < stop:
                 nxt = min(stop, (step // eval_every + 1) * eval_every)
                 state, metrics = self.run_chunk(state, nxt, key)
+                metrics = {k: parallel.host(v) for k, v in metrics.items()}
                 guard.check(step, metrics["loss"])
-                record = {"step": nxt, "train_loss": np.asarray(metrics["loss"]).mean(0)}
+                record = {"step": nxt, "train_loss": metrics["loss"].mean(0)}
                 if "accuracy" in metrics:
-                    record["train_accuracy"] = np.asarray(metrics["accuracy"]).mean(0)
+                    record["train_accuracy"] = metrics["accuracy"].mean(0)
                 record.update(self.evaluate(state))
                 bar.update(nxt - step)
                 bar.set_postfix(loss=float(np.mean(record["train_loss"])))
@@ -210,7 +218,7 @@ class Trainer:
                     on_eval(state, record)
         finally:
             bar.close()
-        return state
+        return parallel.replicated(state) if several else state
 
 
 def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *, mask=None, key=None,
@@ -218,7 +226,7 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
         augment: Callable | None = None, eval_data: dict | None = None, eval_every: int | None = None,
         eval_batch_size: int = 1000, callbacks: tuple = (), sampler: Callable | None = None,
         members: bool = False, log_activations: bool = False, progress: bool | str = False,
-        donate: bool = False):
+        donate: bool = False, compute_dtype: str | None = None):
     """Train `model` for `steps` optimizer steps; the one training call of lth_jax.
 
     The steps run as jit-compiled `lax.scan` chunks (one chunk between two
@@ -269,6 +277,9 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
         its buffers (saves one copy of the state; its arrays are deleted
         afterwards). By default nothing the caller passed is consumed: fit
         copies a passed state once and builds a fresh one from `variables`.
+      compute_dtype: "bfloat16" for mixed precision (matmuls and convolutions
+        in bfloat16; parameters, optimizer state and loss in float32; see
+        `train.Steps`); None computes in the parameters' dtype.
 
     Returns:
       (state, history): the final `TrainState` and a list of evaluation records
@@ -284,7 +295,8 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
     x, y = (np.asarray(a) for a in data)
     check(len(x) == len(y), f"fit: x has {len(x)} examples, y {len(y)}")
     key = jax.random.key(0) if key is None else key
-    steps_ = Steps(model, tx, augment=augment, members=members, loss=loss, rngs=tuple(rngs))
+    steps_ = Steps(model, tx, augment=augment, members=members, loss=loss, rngs=tuple(rngs),
+                   compute_dtype=compute_dtype)
     if isinstance(variables, TrainState):
         state = variables
         check(mask is None, "fit: the mask of a TrainState is its own (state.mask); pass variables to use another")

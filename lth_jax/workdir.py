@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 
+from lth_jax import parallel
 from lth_jax.errors import LthError
 from lth_jax.files import read_json, to_json, write_json
 
@@ -40,39 +41,58 @@ class RunDir:
         ("lottery", "levels"): the run then continues where it stopped (same
         numbers as a run started with the larger value)."""
         config = to_json(config)
+        action = self._decide(config, overwrite, extendable)
+        # several processes: everyone has looked at the folder before process 0 changes it,
+        # and nobody goes on before it has
+        parallel.barrier("lth_jax: workdir inspected")
+        error = None
+        if parallel.writes_files():
+            try:
+                self._apply(action, config, overwrite)
+            except OSError as e:
+                error = e
+        parallel.barrier("lth_jax: workdir ready")
+        if error is not None:
+            raise LthError(f"cannot create workdir {self.path}: {error.strerror or error}; choose a --workdir "
+                           "you can write to") from None
+        return action != "new"
+
+    def _decide(self, config: dict, overwrite: bool, extendable: tuple) -> str:
+        """"new", "resume" or "extend" for this folder and config, or LthError."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LthError(f"workdir {self.path} exists and is not a directory; choose another --workdir")
         if os.path.isdir(self.path) and not is_run(self.path) and os.listdir(self.path):
             raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no config.json); "
                            "nothing there is touched: choose a new or empty --workdir")
+        if not is_run(self.path) or overwrite:
+            return "new"
+        old = read_json(self.file("config.json"))
+        if self.finished and self._extends(old, config, extendable):
+            return "extend"
+        if self.finished:
+            how = (f"raise {' or '.join('.'.join(k) for k in extendable)} to extend it, "
+                   if extendable else "")
+            raise LthError(f"workdir {self.path} holds a finished run (summary.json); {how}choose a new "
+                           "--workdir, or pass --overwrite to replace it")
+        if old != config:
+            changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise LthError(f"workdir {self.path} holds an unfinished run with a different config "
+                           f"(differs in: {', '.join(changed)}); resume it with the same config, or "
+                           "choose a new --workdir, or pass --overwrite")
+        return "resume"
+
+    def _apply(self, action: str, config: dict, overwrite: bool) -> None:
         existing = self.file("config.json")
-        if is_run(self.path) and not overwrite:
-            old = read_json(existing)
-            if self.finished and self._extends(old, config, extendable):
-                os.remove(self.file("summary.json"))
-                write_json(existing, config)
-                return True
-            if self.finished:
-                how = (f"raise {' or '.join('.'.join(k) for k in extendable)} to extend it, "
-                       if extendable else "")
-                raise LthError(f"workdir {self.path} holds a finished run (summary.json); {how}choose a new "
-                               "--workdir, or pass --overwrite to replace it")
-            if old != config:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                raise LthError(f"workdir {self.path} holds an unfinished run with a different config "
-                               f"(differs in: {', '.join(changed)}); resume it with the same config, or "
-                               "choose a new --workdir, or pass --overwrite")
+        if action == "extend":
+            os.remove(self.file("summary.json"))
+            write_json(existing, config)
+        elif action == "resume":
             self._remove_partial_writes()
-            return True
-        try:
+        else:
             if overwrite and is_run(self.path):
                 shutil.rmtree(self.path)
             os.makedirs(self.path, exist_ok=True)
             write_json(existing, config)
-        except OSError as e:
-            raise LthError(f"cannot create workdir {self.path}: {e.strerror or e}; choose a --workdir "
-                           "you can write to") from None
-        return False
 
     def _remove_partial_writes(self) -> None:
         """Temporary files of atomic writes a crash interrupted (".NAME.XXXX.tmp")."""
@@ -100,6 +120,8 @@ class RunDir:
     def log_tensorboard(self, record: dict, prefix: str = "", members: list | None = None) -> None:
         """Numbers of a metrics record to TensorBoard under prefix/ (per-member
         arrays as prefix/member/metric when `members` names them)."""
+        if not parallel.writes_files():
+            return
         writer = self.tensorboard()
         prefix = f"{prefix}/" if prefix else ""
         for k, v in record.items():

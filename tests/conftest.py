@@ -28,7 +28,7 @@ os.environ["LTH_JAX_CACHE_DIR"] = DATA_CACHE
 
 # The longest files first (minutes, measured), so that the two xdist workers
 # (--dist loadfile) do not end with one of them alone on a long file.
-LONGEST_FIRST = ["test_resume_stages.py", "test_configs_mock_others.py", "test_notebook.py",
+LONGEST_FIRST = ["test_resume_stages.py", "test_multiprocess.py", "test_configs_mock_others.py", "test_notebook.py",
                  "test_configs_mock_lottery.py", "test_resume.py", "test_prune_at_init.py"]
 
 

@@ -187,6 +187,7 @@ def test_instability_reports_a_barrier(tmp_path):
     (dict(lottery__granularity="units", lottery__scope="global"), "set lottery.scope = 'layerwise'"),
     (dict(lottery__granularity="units"), "leave them unset"),  # tiny() sets layer_fractions
     (dict(train__member_block="0"), "train.member_block must be 'auto', 'vmap' or a whole number >= 1"),
+    (dict(train__compute_dtype="float16"), "train.compute_dtype must be float32 or bfloat16, got 'float16'"),
     (dict(lottery__robustness_severities=(3, 6)), "robustness_severities must be in 1..5, got 6"),
     (dict(lottery__robustness=True, lottery__robustness_corruptions=("contrast",)),
      "robustness_corruptions has 'contrast', which does not apply to inputs of shape (40,)"),

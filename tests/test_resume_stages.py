@@ -25,12 +25,13 @@ def test_prune_at_init_killed_inside_a_density_resumes_identical(reference, tmp_
     assert_same_outputs(ref, tmp_path)
 
 
-def test_measures_killed_after_a_member_stopped_and_in_a_ticket_level_resumes_identical(reference, tmp_path):
-    """Killed at step 150 of the dense level, after one member stopped at 100:
-    the resumed run must keep it stopped (its checkpoint at 100 predates the
-    freeze); killed again inside lottery level 1, whose masks come from level 0."""
+def test_measures_killed_in_a_ticket_level_after_a_member_stopped_resumes_identical(reference, tmp_path):
+    """Killed at step 150 of lottery level 1 (masks from level 0's final
+    weights), after one member stopped at 100: the resumed run must keep it
+    stopped (its checkpoint at 100 predates the freeze)."""
     ref = reference("measures", MEASURES)
-    members = json.load(open(ref / "groups" / "a0_n0_L0" / "result.json"))["members"]
-    assert [(m["reached_stop_loss"], m["stop_step"]) for m in members.values()] == [(False, 200), (True, 100)]
-    killed_at_each(tmp_path, MEASURES, ["metrics:groups/a0_n0_L0:150", "metrics:groups/a0_n0_L1:150"])
+    for level in (0, 1):
+        members = json.load(open(ref / "groups" / f"a0_n0_L{level}" / "result.json"))["members"]
+        assert [(m["reached_stop_loss"], m["stop_step"]) for m in members.values()] == [(False, 200), (True, 100)]
+    killed_then_resumed(tmp_path, MEASURES, "metrics:groups/a0_n0_L1:150")
     assert_same_outputs(ref, tmp_path)

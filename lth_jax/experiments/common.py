@@ -46,6 +46,14 @@ def check_train(cfg) -> None:
           "checkpoints are saved at evaluations")
     check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     member_block(cfg)
+    compute_dtype(cfg)
+
+
+def compute_dtype(cfg):
+    """train.compute_dtype as `train.Steps` takes it (None = float32)."""
+    name = cfg.train.get("compute_dtype", "float32")
+    check(name in ("float32", "bfloat16"), f"train.compute_dtype must be float32 or bfloat16, got {name!r}")
+    return None if name == "float32" else name
 
 
 def member_block(cfg):
@@ -83,7 +91,7 @@ def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) 
     already loaded one, `train_labels` the training labels (also evaluated as
     the "train_full" set)."""
     check_train(cfg)
-    parallel.initialize_distributed(cfg.parallel.distributed)
+    parallel.initialize_distributed(cfg.parallel.distributed, heartbeat_timeout=cfg.parallel.heartbeat_timeout)
     dataset = dataset if dataset is not None else load_data(cfg, cfg.seed)
     model = build_model(cfg, dataset.num_classes)
     tx = tx if tx is not None else build_optimizer(cfg, cfg.train.steps)
@@ -94,7 +102,7 @@ def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) 
         layout.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
     augment = crop_flip if dataset.augment == "crop_flip" else None
     steps = Steps(model, tx, augment=augment, batch_sharding=layout.batch if layout else None, members=members,
-                  member_block=member_block(cfg))
+                  member_block=member_block(cfg), compute_dtype=compute_dtype(cfg))
     eval_sets = {"test": (dataset.x_test, dataset.y_test)}
     if dataset.x_val is not None:
         eval_sets["val"] = (dataset.x_val, dataset.y_val)

@@ -235,7 +235,8 @@ class Measures:
             v = inits[i]
             states.append(with_hyperparams(create_state(v["params"], v.get("batch_stats", {}), self.tx,
                                                         None if masks is None else masks[i]), lr, wd))
-        state = stage.begin(ensemble.stack(states))
+        stacked = ensemble.stack(states)
+        state = stage.begin(parts.data_parallel.put_members(stacked) if parts.data_parallel else stacked)
         parts.trainer.set_members([(self.cfg.seed, r) for _, _, r in self.grid])
         t0 = time.time()
         state, stopped = self.train(stage, parts, state, names, label)
