@@ -43,7 +43,7 @@ def get_config():
     c.train.batch_size = 100
     c.train.eval_every = 250
     c.train.checkpoint_every = 500   # must be a multiple of eval_every to take effect
-    c.train.eval_batch_size = 1000
+    c.train.eval_batch_size = 1000   # examples per evaluation batch; 0 = from the device's free memory (1000 where unknown)
     c.train.log_activations = False  # dead-neuron rates (dynamic, static) at every evaluation, on the val set
     c.train.device_data = True       # keep the train set on the device, batches gathered in the compiled loop
     c.train.compute_dtype = "float32"  # or "bfloat16": matmuls and convolutions in bfloat16 (mixed precision)
@@ -118,7 +118,7 @@ def get_config():
     c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
     c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation
     c.diet.scores = ("el2n", "grand", "input_norm", "forgetting")
-    c.diet.chunk_size = 1000         # examples scored at a time (memory bound)
+    c.diet.chunk_size = 1000         # examples scored at a time (memory bound); 0 = from the device's free memory
     c.diet.selections = ("el2n:hardest", "el2n:easiest", "random")  # SCORE:hardest|easiest|window, or random
     c.diet.window_offset = 0.0       # for :window, the share of hardest examples skipped first
     c.diet.class_balanced = False

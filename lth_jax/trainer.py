@@ -14,7 +14,7 @@ import optax
 from tqdm import tqdm
 
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
+from lth_jax import memory, parallel
 from lth_jax.errors import LthError, check
 from lth_jax.train import (Steps, TrainState, at_step, batch_indices, call_model, compiled, create_state,
                            pad_batches)
@@ -76,7 +76,8 @@ class Trainer:
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(batch_size <= n, f"batch_size {batch_size} is larger than the training set ({n} examples); "
                                "lower the batch size or use more data")
-        check(eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        check(eval_batch_size is None or eval_batch_size >= 1,
+              f"eval_batch_size must be >= 1 (or None: from the device's free memory), got {eval_batch_size}")
         self.steps, self.batch_size, self.seed = steps, batch_size, seed
         self.member_seeds, self.member_subsets, self.sampler = None, None, None
         self.n_train = n
@@ -86,16 +87,39 @@ class Trainer:
         self.x_host, self.y_host = np.asarray(x_train), self._labels(y_train)
         if device_data:
             self.x_dev, self.y_dev = put(self.x_host), put(self.y_host)
-        self.eval_sets = {name: tuple(put(a) for a in pad_batches(np.asarray(x), self._labels(y), eval_batch_size))
-                          + (len(x),) for name, (x, y) in eval_sets.items()}
+        self._raw_eval = {name: (np.asarray(x), self._labels(y)) for name, (x, y) in eval_sets.items()}
+        self.eval_batch_size = eval_batch_size
+        self.eval_sets = None if eval_batch_size is None else self._padded(eval_batch_size)
         fns = compiled(steps)
         self._scan, self._scan_host, self._eval = fns["scan"], fns["scan_host"], fns["evaluate"]
         self._dead = fns["dead_rates"]
         self.activation_batch = None
         if log_activations and eval_sets:
             name = "val" if "val" in eval_sets else next(iter(eval_sets))
-            x = np.asarray(eval_sets[name][0])[:eval_batch_size]
+            x = np.asarray(eval_sets[name][0])[:eval_batch_size or 1000]
             self.activation_batch = put(x)
+
+    def _padded(self, batch: int) -> dict:
+        return {name: tuple(self._put(a) for a in pad_batches(x, y, batch)) + (len(x),)
+                for name, (x, y) in self._raw_eval.items()}
+
+    def _auto_eval_batch(self, state) -> int:
+        """The evaluation batch that fits in half the device's free memory (1000
+        where the device does not say), from the evaluation program's memory
+        analysis at two small batch sizes."""
+        if not self._raw_eval:
+            return 1000
+        x, y = next(iter(self._raw_eval.values()))
+
+        def compile_at(b):
+            spec = lambda a: jax.ShapeDtypeStruct((1, b) + a.shape[1:], a.dtype)
+            return self._eval.lower(state.params, state.batch_stats, spec(x), spec(y),
+                                    jax.ShapeDtypeStruct((1, b), np.float32)).compile()
+        batch = memory.auto_chunk(compile_at, max(len(a) for a, _ in self._raw_eval.values()), 1000)
+        if self.steps.batch_sharding is not None:  # split evenly over the devices
+            devices = self.steps.batch_sharding.mesh.shape["data"]
+            batch = max(devices, batch // devices * devices)
+        return batch
 
     def _labels(self, y):
         return np.asarray(y, np.int32) if self.steps.classifies else np.asarray(y)
@@ -164,8 +188,13 @@ class Trainer:
     def evaluate(self, state: TrainState) -> dict:
         """{"<set>_loss"[, "<set>_accuracy"]} means over each evaluation set."""
         out = {}
+        if self.eval_sets is None:
+            self.eval_batch_size = self._auto_eval_batch(state)
+            self.eval_sets = self._padded(self.eval_batch_size)
         for name, (xs, ys, ws, n) in self.eval_sets.items():
-            loss, correct = self._eval(state.params, state.batch_stats, xs, ys, ws)
+            with memory.names_option(f"evaluating {self.eval_batch_size} examples at a time",
+                                     "train.eval_batch_size (eval_batch_size=)"):
+                loss, correct = self._eval(state.params, state.batch_stats, xs, ys, ws)
             out[f"{name}_loss"] = parallel.host(loss) / n
             if self.steps.classifies:
                 out[f"{name}_accuracy"] = parallel.host(correct) / n
@@ -202,7 +231,9 @@ class Trainer:
         try:
             while step < stop:
                 nxt = min(stop, (step // eval_every + 1) * eval_every)
-                state, metrics = self.run_chunk(state, nxt, key)
+                with memory.names_option(f"training with batches of {self.batch_size}",
+                                         "train.batch_size, or train.device_data=False for a large training set"):
+                    state, metrics = self.run_chunk(state, nxt, key)
                 metrics = {k: parallel.host(v) for k, v in metrics.items()}
                 guard.check(step, metrics["loss"])
                 record = {"step": nxt, "train_loss": metrics["loss"].mean(0)}

@@ -98,7 +98,7 @@ CASES = {
     "checkpoint_every 0": (lambda t: ["--config.train.checkpoint_every=0"], "checkpoint_every must be >= 1"),
     "checkpoint_every off the evaluations": (lambda t: ["--config.train.checkpoint_every=7"],
                                              "must be a multiple of train.eval_every"),
-    "eval_batch_size 0": (lambda t: ["--config.train.eval_batch_size=0"], "eval_batch_size must be >= 1"),
+    "eval_batch_size -1": (lambda t: ["--config.train.eval_batch_size=-1"], "eval_batch_size must be >= 1, or 0"),
     "steps 0": (lambda t: ["--config.train.steps=0"], "train.steps must be >= 1"),
     "lottery fraction": (lambda t: ["--config.lottery.fraction=1.5"], "fraction must be in (0, 1)"),
     "lottery without validation": (lambda t: ["--config.data.validation_size=0"], "needs a validation split"),

@@ -11,6 +11,8 @@ from lth_jax import fit, pruning
 from lth_jax.errors import LthError
 from lth_jax.train import Steps
 
+pytestmark = pytest.mark.accelerator  # must hold on every backend
+
 
 class ConvBN(nn.Module):
     """A user's own model with a convolution and BatchNorm."""

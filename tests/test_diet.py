@@ -123,7 +123,7 @@ def test_subset_rules_and_label_noise():
     (dict(diet__members=0), "diet.members"),
     (dict(diet__fractions=(0.0,)), "kept fraction must be in (0, 1]"),
     (dict(diet__fractions=(1.5,)), "kept fraction must be in (0, 1]"),
-    (dict(diet__chunk_size=0), "chunk_size must be >= 1"),
+    (dict(diet__chunk_size=-1), "chunk_size must be >= 1, or 0"),
     (dict(diet__selections=("loss:hardest",)), "not in diet.scores"),
 ])
 def test_bad_diet_config(tmp_path, over, message):

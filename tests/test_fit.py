@@ -64,6 +64,7 @@ def test_deterministic_keyword_is_set_from_the_mode():
     assert abs(zero_lr_loss - history[-1]["test_loss"]) < 1e-6
 
 
+@pytest.mark.accelerator
 def test_fit_never_consumes_the_callers_arrays_imp_with_rewinding():
     """The loop of the issue: train to step k, keep the rewind point, go on."""
     x, y = data()
@@ -128,6 +129,7 @@ def test_plain_apply_fn_trains():
     assert history[-1]["train_accuracy"] > 0.8
 
 
+@pytest.mark.accelerator
 def test_stacked_members_and_a_sampler():
     x, y = data()
     model = DeterministicKeyword()
@@ -192,6 +194,7 @@ def test_density_and_count_under_jit_and_vmap():
 
 
 # ---- masks.wrap in a user's own loop --------------------------------------------------------------
+@pytest.mark.accelerator
 @pytest.mark.parametrize("name, tx", [
     ("adamw", optax.adamw(1e-2, weight_decay=0.1)),
     ("sgd_momentum_decay", optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9))),

@@ -44,6 +44,7 @@ def test_apply_zeroes_exactly():
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
 
 
+@pytest.mark.accelerator
 def test_global_magnitude_removes_smallest_across_layers():
     params = make_params()
     mask = pruning.magnitude(params, masks.ones_like(params), 0.2, scope="global")
@@ -80,6 +81,7 @@ def test_ties_remove_first_in_order():
     assert np.asarray(mask["a"]["kernel"]).ravel().tolist() == [False] * 3 + [True] * 7
 
 
+@pytest.mark.accelerator
 def test_magnitude_is_jittable():
     params = make_params()
     f = jax.jit(lambda p, m, frac: pruning.magnitude(p, m, frac))

@@ -12,7 +12,8 @@ from multiprocess import assert_same_numbers, files_of, launch
 QUICK = ["--config.train.steps=100", "--config.train.checkpoint_every=50", "--config.train.batch_size=32",
          "--config.parallel.heartbeat_timeout=10"]
 CASES = {"train": ["--config=configs/train_mnist1d.py"] + SHRUNK + QUICK,
-         "lottery": ["--config=configs/lottery_mnist1d.py"] + LOTTERY + QUICK,
+         # batches gathered on the host: each process gathers only its devices' examples
+         "lottery": ["--config=configs/lottery_mnist1d.py"] + LOTTERY + QUICK + ["--config.train.device_data=False"],
          "diet": DIET + QUICK + ["--config.diet.members=4", "--config.diet.score_epochs=3.0"]}  # 4 members: split over the 4 devices of both processes
 
 

@@ -106,6 +106,7 @@ CASES = [
 
 
 @pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
+@pytest.mark.accelerator
 @pytest.mark.parametrize("name,shape", CASES, ids=[c[0] for c in CASES])
 def test_grand_fast_matches_vmap(name, shape):
     model, f, v, x, y = _setup(name, shape, n=3)
@@ -255,6 +256,7 @@ def _stack(model, x, k):
     return _random_variables(model, x, seed=9, members=k)
 
 
+@pytest.mark.accelerator
 def test_ensemble_chunks_and_members():
     model, f, _, x, y = _setup("mlp", (6, 6, 1), n=11)
     stacked = _stack(model, x, 3)

@@ -24,6 +24,7 @@ def pruned_state(tx, model=None, shape=(12,), fraction=0.6):
     return model, create_state(params, v.get("batch_stats", {}), tx, mask)
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("tx", [
     optim.optimizer("momentum", 0.1, weight_decay=1e-2),
     optim.optimizer("nesterov", 0.1, weight_decay=1e-2),
@@ -43,6 +44,7 @@ def test_pruned_weights_stay_exactly_zero(tx):
     assert np.count_nonzero(kept) == kept.size  # kept weights do train
 
 
+@pytest.mark.accelerator
 def test_scan_equals_python_loop_of_steps():
     tx = optim.optimizer("momentum", 0.05)
     model, state = pruned_state(tx)
@@ -61,6 +63,7 @@ def test_scan_equals_python_loop_of_steps():
 
 
 @pytest.mark.usefixtures("quick_compile")  # compile-bound: see conftest
+@pytest.mark.accelerator
 def test_conv_model_trains_inside_compiled_loop():
     tx = optim.optimizer("sgd", 0.05)
     model, state = pruned_state(tx, models.get("conv2", num_classes=3), (8, 8, 1), fraction=0.3)
@@ -110,6 +113,7 @@ def test_loop_detects_divergence_and_bad_batch():
         Trainer(Steps(model, tx), x, y, {}, batch_size=1000, seed=0)
 
 
+@pytest.mark.accelerator
 def test_host_gathered_batches_match_device_resident():
     tx = optim.optimizer("momentum", 0.05)
     model, state = pruned_state(tx)

@@ -44,7 +44,8 @@ def check_train(cfg) -> None:
     check(t.checkpoint_every % t.eval_every == 0,
           f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of train.eval_every ({t.eval_every}): "
           "checkpoints are saved at evaluations")
-    check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    check(t.eval_batch_size >= 0, f"train.eval_batch_size must be >= 1, or 0 (from the device's free memory), "
+                                  f"got {t.eval_batch_size}")
     member_block(cfg)
     compute_dtype(cfg)
 
@@ -99,7 +100,8 @@ def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) 
     if cfg.parallel.data_parallel and jax.device_count() > 1:
         layout = parallel.DataParallel(parallel.data_mesh())
         layout.check_batch(cfg.train.batch_size, "train.batch_size")
-        layout.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
+        if cfg.train.eval_batch_size:
+            layout.check_batch(cfg.train.eval_batch_size, "train.eval_batch_size")
     augment = crop_flip if dataset.augment == "crop_flip" else None
     steps = Steps(model, tx, augment=augment, batch_sharding=layout.batch if layout else None, members=members,
                   member_block=member_block(cfg), compute_dtype=compute_dtype(cfg))
@@ -111,7 +113,7 @@ def build(cfg, members: bool = False, tx=None, dataset=None, train_labels=None) 
         y_train = train_labels
         eval_sets["train_full"] = (dataset.x_train, train_labels)
     trainer = Trainer(steps, dataset.x_train, y_train, eval_sets, batch_size=cfg.train.batch_size,
-                      seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size, device_data=cfg.train.device_data,
+                      seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size or None, device_data=cfg.train.device_data,
                       put=layout.put if layout else None, log_activations=cfg.train.log_activations)
     return Parts(dataset, model, tx, steps, trainer, layout)
 

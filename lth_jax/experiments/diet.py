@@ -45,7 +45,7 @@ def check_config(cfg) -> None:
     check(d.members >= 1, f"diet.members (K, the scoring ensemble size) must be >= 1, got {d.members}")
     check(d.score_epochs >= 0, f"diet.score_epochs must be >= 0, got {d.score_epochs}")
     check(d.seeds >= 1, f"diet.seeds must be >= 1, got {d.seeds}")
-    check(d.chunk_size >= 1, f"diet.chunk_size must be >= 1, got {d.chunk_size}")
+    check(d.chunk_size >= 0, f"diet.chunk_size must be >= 1, or 0 (from the device's free memory), got {d.chunk_size}")
     for name in d.scores:
         check(name in SCORES, f"unknown score {name!r} in diet.scores; valid: {', '.join(SCORES)}")
     for f in d.fractions:
@@ -173,10 +173,10 @@ class Diet:
         for name in self.d.scores:
             if name == "el2n":
                 per_member[name] = scores.ensemble(scores.el2n, self.apply_fn, variables, x, y,
-                                                   chunk_size=self.d.chunk_size)
+                                                   chunk_size=self.d.chunk_size or None)
             elif name == "grand":
                 per_member[name] = scores.ensemble(scores.grand, self.apply_fn, variables, x, y,
-                                                   chunk_size=self.d.chunk_size, model=self.parts.model)
+                                                   chunk_size=self.d.chunk_size or None, model=self.parts.model)
             elif name == "input_norm":
                 per_member[name] = np.asarray(scores.input_norm(x))[None]
             else:

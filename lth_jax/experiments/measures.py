@@ -328,7 +328,7 @@ class Measures:
             mask = ensemble.take(state.mask, i)
             values = measures.all_measures(apply_fn, params, p0, mask, x_train, y_train,
                                            jax.random.fold_in(self.keys["control"], i), input_shape=ds.input_shape,
-                                           scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size,
+                                           scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size or 1000,
                                            samples=self.m.samples)
             train_acc, test_acc = float(record["train_full_accuracy"][i]), float(record["test_accuracy"][i])
             members[name] = {

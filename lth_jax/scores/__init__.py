@@ -56,7 +56,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from lth_jax import errors
+from lth_jax import errors, memory
 from lth_jax.scores import ghost
 
 __all__ = ["el2n", "grand", "grand_method", "input_norm", "ensemble", "forgetting_events", "member_count"]
@@ -229,18 +229,23 @@ def _ensemble(stacked_variables, x, y, *, score_fn, apply_fn, chunk_size, model)
     return jnp.moveaxis(out, 1, 0).reshape(k, chunks * c)[:, :n]
 
 
-def ensemble(score_fn, apply_fn, stacked_variables, x, y, *, chunk_size=1024, model=None):
+def ensemble(score_fn, apply_fn, stacked_variables, x, y, *, chunk_size=None, model=None):
     """(K, N) scores of each of K ensemble members (stacked on the leading
     axis of every leaf of `stacked_variables`), computed `chunk_size`
     examples at a time (the last chunk is zero-padded, the padding dropped).
+    chunk_size=None: the largest chunk that fits in half the device's free
+    memory, from the compiled program's memory analysis (1024 on devices that
+    report no memory, such as the CPU; see `lth_jax.memory`). Out of device
+    memory is one LthError naming chunk_size.
     score_fn(apply_fn, variables, x, y[, model=...]) -> (N,), e.g. el2n or
     grand; `model` is passed on when given and score_fn takes it (so the
     same call works for el2n and grand). The paper's score is the mean
     over axis 0. Jit-compiled; pass the same apply_fn object on later calls
     to reuse the compilation (a fresh lambda recompiles)."""
     errors.check(
-        isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool) and chunk_size >= 1,
-        f"ensemble: chunk_size must be a positive integer, got {chunk_size!r}",
+        chunk_size is None
+        or (isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool) and chunk_size >= 1),
+        f"ensemble: chunk_size must be a positive integer or None (from the free memory), got {chunk_size!r}",
     )
     _check_xy("ensemble", x, y)
     leaves = jax.tree_util.tree_leaves(stacked_variables)
@@ -250,10 +255,13 @@ def ensemble(score_fn, apply_fn, stacked_variables, x, y, *, chunk_size=1024, mo
         len(k) == 1 and None not in k,
         f"ensemble: every leaf of stacked_variables needs the same leading member axis; got sizes {sorted(map(str, k))}",
     )
-    return _ensemble(
-        stacked_variables, jnp.asarray(x), jnp.asarray(y),
-        score_fn=score_fn, apply_fn=apply_fn, chunk_size=int(chunk_size), model=model,
-    )
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    static = dict(score_fn=score_fn, apply_fn=apply_fn, model=model)
+    if chunk_size is None:
+        chunk_size = memory.auto_chunk(
+            lambda c: _ensemble.lower(stacked_variables, x, y, chunk_size=c, **static).compile(), int(x.shape[0]), 1024)
+    with memory.names_option(f"scoring {int(chunk_size)} examples at a time", "chunk_size (diet.chunk_size)"):
+        return _ensemble(stacked_variables, x, y, chunk_size=int(chunk_size), **static)
 
 
 def forgetting_events(correct_history):
