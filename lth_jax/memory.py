@@ -6,8 +6,9 @@ memory analysis of each (arguments, outputs and temporaries), fits bytes =
 fixed + per_example x chunk, and returns the largest chunk whose estimate
 fits in `share` of the device's free memory (`memory_stats()`: bytes_limit -
 bytes_in_use), then compiles at that size to check it (shrinking it while
-XLA's analysis says it does not fit: memory can grow faster than linearly). Devices that report no memory statistics (the CPU) get the
-default, without compiling anything.
+XLA's analysis says it does not fit: memory can grow faster than linearly).
+Devices that report no memory statistics (the CPU) get the default, without
+compiling anything.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def auto_chunk(compile_at: Callable[[int], object], n: int, default: int, *, sha
 
 def is_out_of_memory(e: BaseException) -> bool:
     text = str(e)
-    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 @contextlib.contextmanager

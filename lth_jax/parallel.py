@@ -72,21 +72,23 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _spread(x) -> bool:
+    """An array whose shards live on several processes, none holding all of it."""
+    return isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
+
+
 def replicated(tree):
     """`tree` with every array that several processes share out (members split
     over the devices of all hosts) copied whole onto every device, so that any
     process can read it; other leaves unchanged."""
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-            return jax.device_put(x, NamedSharding(x.sharding.mesh, P()))
-        return x
-    return jax.tree_util.tree_map(one, tree)
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(x, NamedSharding(x.sharding.mesh, P())) if _spread(x) else x, tree)
 
 
 def host(x):
     """A device array as numpy on every process, gathered across processes when
     its shards live on several."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    if _spread(x):
         from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)

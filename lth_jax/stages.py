@@ -146,9 +146,8 @@ class Stage:
 
         with deferred_interrupt() as stopping:
             try:
-                # what the caller reads next is readable on every process
-                return parallel.replicated(trainer.run(state, stop, eval_every, key, on_eval=on_eval,
-                                                       progress=progress, guard=self.guard, donate=True))
+                return trainer.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress,
+                                   guard=self.guard, donate=True)
             except Diverged as e:
                 raise Diverged(e.step, f"{e.reason}; {self._last_finite_checkpoint()}") from None
 

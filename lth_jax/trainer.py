@@ -53,6 +53,9 @@ class Guard:
                                  f"step's {float(np.max(self.reference)):.3g}")
 
 
+DEFAULT_EVAL_BATCH = 1000  # evaluation batch where the device reports no free memory
+
+
 class Trainer:
     """Trains `Steps` on one training set: compiled chunks of steps, evaluation
     every `eval_every` steps, the divergence guard, progress.
@@ -96,7 +99,7 @@ class Trainer:
         self.activation_batch = None
         if log_activations and eval_sets:
             name = "val" if "val" in eval_sets else next(iter(eval_sets))
-            x = np.asarray(eval_sets[name][0])[:eval_batch_size or 1000]
+            x = np.asarray(eval_sets[name][0])[:eval_batch_size or DEFAULT_EVAL_BATCH]
             self.activation_batch = put(x)
 
     def _padded(self, batch: int) -> dict:
@@ -104,18 +107,18 @@ class Trainer:
                 for name, (x, y) in self._raw_eval.items()}
 
     def _auto_eval_batch(self, state) -> int:
-        """The evaluation batch that fits in half the device's free memory (1000
-        where the device does not say), from the evaluation program's memory
-        analysis at two small batch sizes."""
+        """The evaluation batch that fits in half the device's free memory
+        (DEFAULT_EVAL_BATCH where the device does not say), from the evaluation
+        program's memory analysis (`memory.auto_chunk`)."""
         if not self._raw_eval:
-            return 1000
+            return DEFAULT_EVAL_BATCH
         x, y = next(iter(self._raw_eval.values()))
 
         def compile_at(b):
             spec = lambda a: jax.ShapeDtypeStruct((1, b) + a.shape[1:], a.dtype)
             return self._eval.lower(state.params, state.batch_stats, spec(x), spec(y),
                                     jax.ShapeDtypeStruct((1, b), np.float32)).compile()
-        batch = memory.auto_chunk(compile_at, max(len(a) for a, _ in self._raw_eval.values()), 1000)
+        batch = memory.auto_chunk(compile_at, max(len(a) for a, _ in self._raw_eval.values()), DEFAULT_EVAL_BATCH)
         if self.steps.batch_sharding is not None:  # split evenly over the devices
             devices = self.steps.batch_sharding.mesh.shape["data"]
             batch = max(devices, batch // devices * devices)

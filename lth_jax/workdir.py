@@ -48,24 +48,26 @@ class RunDir:
         error = None
         if parallel.writes_files():
             try:
-                self._apply(action, config, overwrite)
+                self._apply(action, config)
             except OSError as e:
                 error = e
         parallel.barrier("lth_jax: workdir ready")
         if error is not None:
             raise LthError(f"cannot create workdir {self.path}: {error.strerror or error}; choose a --workdir "
                            "you can write to") from None
-        return action != "new"
+        return action in ("resume", "extend")
 
     def _decide(self, config: dict, overwrite: bool, extendable: tuple) -> str:
-        """"new", "resume" or "extend" for this folder and config, or LthError."""
+        """"new", "replace", "resume" or "extend" for this folder and config, or LthError."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LthError(f"workdir {self.path} exists and is not a directory; choose another --workdir")
         if os.path.isdir(self.path) and not is_run(self.path) and os.listdir(self.path):
             raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no config.json); "
                            "nothing there is touched: choose a new or empty --workdir")
-        if not is_run(self.path) or overwrite:
+        if not is_run(self.path):
             return "new"
+        if overwrite:
+            return "replace"
         old = read_json(self.file("config.json"))
         if self.finished and self._extends(old, config, extendable):
             return "extend"
@@ -81,7 +83,7 @@ class RunDir:
                            "choose a new --workdir, or pass --overwrite")
         return "resume"
 
-    def _apply(self, action: str, config: dict, overwrite: bool) -> None:
+    def _apply(self, action: str, config: dict) -> None:
         existing = self.file("config.json")
         if action == "extend":
             os.remove(self.file("summary.json"))
@@ -89,7 +91,7 @@ class RunDir:
         elif action == "resume":
             self._remove_partial_writes()
         else:
-            if overwrite and is_run(self.path):
+            if action == "replace":
                 shutil.rmtree(self.path)
             os.makedirs(self.path, exist_ok=True)
             write_json(existing, config)

@@ -62,6 +62,7 @@ from lth_jax.experiments.diet import load_scores, parse_selection
 from lth_jax.files import read_json
 from lth_jax.stages import Stage
 from lth_jax.train import call_model, create_state, init_variables, variables_of
+from lth_jax.trainer import DEFAULT_EVAL_BATCH
 from lth_jax.workdir import RunDir
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -328,7 +329,7 @@ class Measures:
             mask = ensemble.take(state.mask, i)
             values = measures.all_measures(apply_fn, params, p0, mask, x_train, y_train,
                                            jax.random.fold_in(self.keys["control"], i), input_shape=ds.input_shape,
-                                           scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size or 1000,
+                                           scales=scales, init_scales=init_scales, chunk=self.cfg.train.eval_batch_size or DEFAULT_EVAL_BATCH,
                                            samples=self.m.samples)
             train_acc, test_acc = float(record["train_full_accuracy"][i]), float(record["test_accuracy"][i])
             members[name] = {
