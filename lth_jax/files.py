@@ -24,12 +24,13 @@ import zipfile
 import numpy as np
 
 KILL_ENV = "LTH_JAX_KILL_AT"
+KILL_SCOPE = ""  # set by a sweep to "runs/NNN/" while it trains run NNN: moments are named per run
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process when $LTH_JAX_KILL_AT matches `name` (crash tests)."""
+    """SIGKILL this process when $LTH_JAX_KILL_AT matches KILL_SCOPE + `name` (crash tests)."""
     target = os.environ.get(KILL_ENV)
-    if target and fnmatch.fnmatchcase(name, target):
+    if target and fnmatch.fnmatchcase(KILL_SCOPE + name, target):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -1,4 +1,4 @@
-"""`python -m lth_jax.report WORKDIR`: redraw a finished run's plots from its files."""
+"""`python -m lth_jax.report WORKDIR`: redraw a finished run's (or sweep's) plots from its files."""
 from __future__ import annotations
 
 import sys
@@ -16,6 +16,9 @@ def redraw(workdir: str) -> list:
         raise LthError(f"{workdir} is not a lth_jax workdir (no config.json)")
     config = read_json(rundir.file("config.json"))
     experiment = config.get("experiment", "train")
+    if experiment == "sweep" and rundir.finished:
+        from lth_jax import sweep
+        return sweep.redraw(rundir, config)
     if experiment != "train" and not rundir.finished:
         raise LthError(f"{workdir} holds an unfinished {experiment} run (no summary.json); finish it by running "
                        "the same main.py command again, then redraw")

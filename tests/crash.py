@@ -20,7 +20,7 @@ WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_se
 CACHE = os.path.join(tempfile.gettempdir(), f"lth_jax_test_xla_cache_{os.getppid()}")
 
 
-def main_py(workdir, args, kill_at=None, timeout=300, **popen):
+def main_py(workdir, args, kill_at=None, timeout=300, program=(os.path.join(ROOT, "main.py"),), **popen):
     env = dict(os.environ)
     env.pop("LTH_JAX_KILL_AT", None)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
@@ -28,7 +28,7 @@ def main_py(workdir, args, kill_at=None, timeout=300, **popen):
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     if kill_at:
         env["LTH_JAX_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--workdir", str(workdir), *args],
+    return subprocess.run([sys.executable, *program, "--workdir", str(workdir), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
 
 
@@ -42,13 +42,13 @@ def killed_at_each(workdir, args, kill_points: list):
     return last
 
 
-def killed_then_resumed(workdir, args, kill_at, between=None):
+def killed_then_resumed(workdir, args, kill_at, between=None, **kw):
     """Run until SIGKILLed at `kill_at` (asserted), call between(workdir), run again to the end."""
-    first = main_py(workdir, args, kill_at=kill_at)
+    first = main_py(workdir, args, kill_at=kill_at, **kw)
     assert first.returncode == -signal.SIGKILL, (kill_at, first.returncode, first.stderr[-2000:])
     if between is not None:
         between(workdir)
-    second = main_py(workdir, args)
+    second = main_py(workdir, args, **kw)
     assert second.returncode == 0, second.stderr[-3000:]
     return second
 
@@ -80,6 +80,9 @@ def assert_same_outputs(reference, resumed):
     assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
     different = [k for k in a if a[k] != b[k]]
     assert not different, f"files differ after resume: {different}"
+
+
+SWEEP = ("-m", "lth_jax.sweep")  # main_py(..., program=SWEEP) runs a sweep
 
 
 # Runs shrunk to seconds: the crash tests' command lines.

@@ -1,6 +1,8 @@
 """Scores: EL2N, GraNd (ghost-norm fast path vs vmap(grad)), input norm,
 ensembles, forgetting events."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -204,15 +206,19 @@ class _Uncovered(nn.Module):
         return nn.Dense(3, name="output")(dense(x) + dense(jnp.tanh(x))[:, :6])
 
 
-def test_grand_fallback_and_errors():
+def test_grand_fallback_and_errors(monkeypatch):
     model = _Uncovered()
     x = _normal(0, (3, 6))
     y = jnp.array([0, 1, 2])
     v = _random_variables(model, x)
     f = lambda v, x: model.apply(v, x)
-    how, why = scores.grand_method(f, v, x, model=model)
+    monkeypatch.setattr(scores, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"fast path does not cover this model \(.*shared: called 2 times"):
+        how, why = scores.grand_method(f, v, x, model=model)
     assert how == "vmap" and "shared: called 2 times" in why and "ln/" in why
-    auto = jax.jit(lambda v, x, y: scores.grand(f, v, x, y, model=model))(v, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per reason: the second fallback is silent
+        auto = jax.jit(lambda v, x, y: scores.grand(f, v, x, y, model=model))(v, x, y)
     np.testing.assert_allclose(auto, _brute_grand(f, v, x, y), rtol=RTOL)
     with pytest.raises(LthError, match="can't cover all parameters") as e:
         scores.grand(f, v, x, y, model=model, method="fast")

@@ -136,6 +136,9 @@ def test_schedules():
         optim.optimizer("lion", 0.1)
 
 
+OLD_JAX = tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 10)
+
+
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared_batches", "own_batches"])
 def test_member_blocks_train_each_member_as_alone(per_member):
     """member_block=1 (the CPU default) is bit-identical to training each member
@@ -163,7 +166,10 @@ def test_member_blocks_train_each_member_as_alone(per_member):
                 if block in ("auto", 1):
                     assert all(np.array_equal(u, v) for u, v in zip(jax.tree_util.tree_leaves(a),
                                                                      jax.tree_util.tree_leaves(b)))
-                    np.testing.assert_array_equal(metrics["loss"][:, i], want_metrics["loss"])
+                    if OLD_JAX:  # jax 0.7.2 sums the reported loss in another order (1 ulp); weights stay equal
+                        np.testing.assert_allclose(metrics["loss"][:, i], want_metrics["loss"], rtol=3e-7, atol=0)
+                    else:
+                        np.testing.assert_array_equal(metrics["loss"][:, i], want_metrics["loss"])
                 else:
                     jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-5), a, b)
             assert int(got.step[0]) == 12

@@ -37,6 +37,10 @@ from lth_jax.train import create_state, init_variables
 from lth_jax.workdir import RunDir
 
 SCORES = ("el2n", "grand", "input_norm", "forgetting")
+# lth_jax.sweep: axes one diet run stacks (a run trains the union of the points' values) and the
+# count its `replicate` axis sets
+SWEEP_STACKED = ("diet.fractions", "diet.selections")
+SWEEP_REPLICATES = "diet.seeds"
 
 
 def check_config(cfg) -> None:
@@ -265,6 +269,21 @@ class Diet:
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     check_config(cfg)
     return Diet(cfg, workdir, progress).run(overwrite)
+
+
+def sweep_row(rundir, cfg, replicate: int) -> dict:
+    """A sweep point's numbers: member "SELECTION/replicate" at each of the point's
+    kept fractions (at 1.0, the "full" member), keys prefixed "SELECTION@F/" when
+    the point covers more than one (selection, fraction)."""
+    pairs = [(sel, f) for f in cfg.diet.fractions for sel in cfg.diet.selections]
+    row = {}
+    for sel, f in pairs:
+        result = read_json(rundir.file("fractions", f"{f:g}", "result.json"))
+        m = result["members"][f"{'full' if f == 1.0 else sel}/{replicate}"]
+        prefix = "" if len(pairs) == 1 else f"{sel}@{f:g}/"
+        row.update({f"{prefix}test_accuracy": m["final_test_accuracy"],
+                    f"{prefix}best_test_accuracy": m["best_test_accuracy"], f"{prefix}kept": result["kept"]})
+    return row
 
 
 def redraw(rundir, config) -> list:

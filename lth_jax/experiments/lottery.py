@@ -62,6 +62,7 @@ from lth_jax.train import at_step, create_state, init_variables
 from lth_jax.workdir import RunDir
 
 GRANULARITIES = ("weights", "units")
+SWEEP_REPLICATES = "lottery.seeds"  # lth_jax.sweep: the count its `replicate` axis sets
 _shuffle = jax.jit(pruning.random_like)
 
 
@@ -343,6 +344,24 @@ def pruned_level_members(init_params, tx, rewind, masks, *, rewind_step: int, co
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     check_config(cfg)
     return Lottery(cfg, workdir, progress).run(overwrite)
+
+
+def sweep_row(rundir, cfg, replicate: int) -> dict:
+    """A sweep point's numbers: replicate r's dense net (level 0) and ticket (levels
+    >= 1) at every level, its controls' final test accuracy, and as the headline
+    `test_accuracy` / `density` its sparsest ticket's."""
+    row, series = {}, {"x": [], "y": [], "x_label": "weights remaining (%)", "y_label": "ticket test accuracy (%)"}
+    for level in range(cfg.lottery.levels + 1):
+        members = read_json(rundir.file("levels", str(level), "result.json"))["members"]
+        m = members[f"{'dense' if level == 0 else 'ticket'}/{replicate}"]
+        row.update({f"L{level}_density": m["density"], f"L{level}_test_accuracy": m["final_test_accuracy"],
+                    f"L{level}_early_stop_test_accuracy": m["early_stop_test_accuracy"]})
+        for c in cfg.lottery.controls if level else ():
+            row[f"L{level}_{c}_test_accuracy"] = members[f"{c}/{replicate}"]["final_test_accuracy"]
+        series["x"].append(m["density"])
+        series["y"].append(m["final_test_accuracy"])
+    row.update(test_accuracy=series["y"][-1], density=series["x"][-1], series=series)
+    return row
 
 
 def redraw(rundir, config) -> list:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -169,8 +170,23 @@ def grand_method(apply_fn, variables, x, *, model=None, method="auto"):
             method != "fast",
             f"grand(method='fast') can't cover all parameters: {layers}; use method='auto' or 'vmap'",
         )
+        _warn_fallback(layers)
         return "vmap", layers
     return "fast", layers
+
+
+_WARNED = set()
+
+
+def _warn_fallback(reason: str) -> None:
+    """Once per reason: model= asked for the fast path, and it silently costing
+    30-130x (a new layer type, a flax release the interceptor misses) is worse
+    than one line."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(f"scores.grand: the fast path does not cover this model ({reason}); using vmap(grad) "
+                      "instead: the same numbers, many times slower. Pass method='vmap' to silence this.",
+                      stacklevel=4)
 
 
 def grand(apply_fn, variables, x, y, *, model=None, method="auto"):

@@ -1,0 +1,130 @@
+"""python -m lth_jax.sweep: the grid, which points share a run, the per-point
+rows, the table / plot / CSV, resume after a kill, and one-line refusals."""
+import csv
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from crash import DIET, SWEEP, assert_same_outputs, killed_then_resumed, main_py
+from lth_jax import experiments, report, sweep
+from lth_jax.errors import LthError
+
+DIET_AXES = {"diet.score_epochs": [0.0, 5.0], "diet.fractions": [0.3, 0.5],
+             "diet.selections": ["el2n:hardest", "random"], "replicate": [0, 1]}
+
+
+def config(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def write_sweep(folder, axes) -> str:
+    path = os.path.join(folder, "sweep_file.py")
+    with open(path, "w") as f:
+        f.write(f"def get_sweep():\n    return {axes!r}\n")
+    return path
+
+
+def test_diet_points_stack_into_one_run_per_separate_axis():
+    points, runs = sweep.plan(config("diet_mnist1d"), DIET_AXES, experiments.get("diet"))
+    assert len(points) == 16 and len(runs) == 2
+    for run, epochs in zip(runs, [0.0, 5.0]):
+        assert run.overrides == {"diet.score_epochs": epochs, "diet.fractions": (0.3, 0.5),
+                                 "diet.selections": ("el2n:hardest", "random"), "diet.seeds": 2}
+        assert sorted(points[i].values["diet.score_epochs"] for i in run.points) == [epochs] * 8
+    assert {p.run for p in points if p.values["diet.score_epochs"] == 5.0} == {1}
+
+
+def test_lottery_settings_run_one_after_another_with_replicates_stacked():
+    axes = {"lottery.rewind_step": [0, 100], "lottery.scope": ["layerwise", "global"], "replicate": [0, 1, 2]}
+    points, runs = sweep.plan(config("lottery_mnist1d"), axes, experiments.get("lottery"))
+    assert len(points) == 12 and len(runs) == 4
+    assert [r.overrides for r in runs][1] == {"lottery.rewind_step": 0, "lottery.scope": "global", "lottery.seeds": 3}
+    assert all(len(r.points) == 3 for r in runs)
+
+
+def test_point_config_has_one_value_of_a_stacked_tuple_key():
+    cfg = config("diet_mnist1d")
+    points, _ = sweep.plan(cfg, DIET_AXES, experiments.get("diet"))
+    one = sweep.point_config(cfg, points[5], experiments.get("diet"))
+    assert one.diet.fractions == (points[5].values["diet.fractions"],)
+    assert one.diet.selections == (points[5].values["diet.selections"],) and one.diet.seeds == cfg.diet.seeds
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"diet.fractoins": [0.3]}, "sweep axis 'diet.fractoins' is not a config key"),
+    ({"diet.fractions": []}, "must list at least one value"),
+    ({"diet.fractions": [0.3, 0.3]}, "lists a value twice"),
+    ({"replicate": [0, -1]}, "whole numbers >= 0"),
+    ({"replicate": [0], "diet.seeds": [1, 2]}, "sweep either 'replicate' or 'diet.seeds'"),
+    ({"diet.fractions": [0.3, 1.5]}, "sweep point 1 (fractions=1.5): kept fraction must be in (0, 1]"),
+    ({"train.steps": ["many"]}, "cannot set train.steps = 'many'"),
+    ({"lottery.seeds": [2]}, "lottery.seeds is set, but the diet experiment does not read the lottery section"),
+])
+def test_bad_sweeps_are_refused_in_one_line(tmp_path, capsys, axes, message):
+    workdir = tmp_path / "sweep"
+    rc = sweep.main(["sweep", "--config=configs/diet_mnist1d.py", f"--sweep={write_sweep(tmp_path, axes)}",
+                     f"--workdir={workdir}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not workdir.exists()
+
+
+def test_replicate_refused_for_an_experiment_without_replicates():
+    with pytest.raises(LthError, match="the train experiment has no replicate seeds to stack; sweep 'seed'"):
+        sweep.plan(config("train_mnist1d"), {"replicate": [0, 1]}, experiments.get("train"))
+
+
+def test_a_missing_or_broken_sweep_file_is_refused(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_sweep(:\n")
+    for path, message in [(tmp_path / "none.py", "does not exist"), (broken, "has a syntax error at line 1")]:
+        rc = sweep.main(["sweep", "--config=configs/diet_mnist1d.py", f"--sweep={path}", f"--workdir={tmp_path / 'w'}"])
+        assert rc == 2 and message in capsys.readouterr().err
+    rc = sweep.main(["sweep", "--config=configs/diet_mnist1d.py", f"--workdir={tmp_path / 'w'}"])
+    assert rc == 2 and "--sweep" in capsys.readouterr().err
+
+
+def test_diet_sweep_killed_in_its_second_run_resumes_identical(tmp_path):
+    """16 points in 2 stacked runs (one per scoring length); killed inside the
+    second run's fraction 0.5, the same command skips the first run, resumes the
+    second from its checkpoint and ends with the files of an uninterrupted sweep."""
+    args = DIET + [f"--sweep={write_sweep(tmp_path, DIET_AXES)}", "--config.diet.fractions=(0.7,)",
+                   "--config.train.steps=100", "--config.train.checkpoint_every=50"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    out = main_py(ref, args, program=SWEEP)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = killed_then_resumed(killed, args, "runs/001/metrics:fractions/0.5:50", program=SWEEP)
+    first_run = last.stdout.split("sweep run 2 of 2")[0]
+    assert first_run.startswith("sweep run 1 of 2 (score_epochs=0, fractions=0.3,0.5") and "): done" in first_run
+    assert_same_outputs(ref, killed)
+
+    assert sorted(os.listdir(ref / "runs")) == ["000", "001"]  # 16 points, 2 programs
+    for run in ("000", "001"):
+        cfg = json.loads((ref / "runs" / run / "config.json").read_text())
+        assert cfg["diet"]["fractions"] == [0.3, 0.5] and cfg["diet"]["seeds"] == 2
+        assert cfg["diet"]["selections"] == ["el2n:hardest", "random"]
+    with open(ref / "points.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and rows[0].keys() >= {"diet.score_epochs", "diet.fractions", "replicate", "test_accuracy"}
+    for row in rows:  # each point is its run's member SELECTION/replicate at its fraction
+        result = json.loads((ref / row["run"] / "fractions" / row["diet.fractions"] / "result.json").read_text())
+        member = result["members"][f"{row['diet.selections']}/{row['replicate']}"]
+        assert float(row["test_accuracy"]) == pytest.approx(member["final_test_accuracy"], abs=1e-12)
+        assert int(row["kept"]) == result["kept"]
+    summary = json.loads((ref / "summary.json").read_text())
+    assert len(summary["table"]) == 8 and all(r["replicates"] == "2" for r in summary["table"])
+    by_point = {(r["diet.score_epochs"], r["diet.fractions"], r["diet.selections"]): [] for r in rows}
+    for r in rows:
+        by_point[(r["diet.score_epochs"], r["diet.fractions"], r["diet.selections"])].append(float(r["test_accuracy"]))
+    first = summary["table"][0]
+    values = by_point[(first["score_epochs"], first["fractions"], first["selections"])]
+    assert first["test_accuracy (%)"] == f"{100 * np.mean(values):.2f}±{100 * np.std(values):.2f}"
+    assert (ref / "table.txt").read_text().count("\n") == 10  # header, rule, 8 rows
+    os.remove(ref / "plots" / "sweep.png")
+    assert report.redraw(str(ref)) == [str(ref / "plots" / "sweep.png")] and (ref / "plots" / "sweep.png").exists()
+
+    again = main_py(ref, args, program=SWEEP)
+    assert again.returncode == 2 and "holds a finished run" in again.stderr
