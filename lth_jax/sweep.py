@@ -325,7 +325,8 @@ def draw(rundir, summary: dict, points: list) -> list:
     if x_axis not in numeric:
         ax.set_xticks(range(len(xs_all)), [fmt(x) for x in xs_all])
     ax.set_xlabel(x_axis)
-    ax.set_ylabel(f"{HEADLINE.replace('_', ' ')} (%)")
+    ax.set_ylabel(points[0]["row"].get("series", {}).get("y_label", f"{HEADLINE.replace('_', ' ')} (%)")
+                  + (" at the sparsest level" if "series" in points[0]["row"] else ""))
     ax.set_title(f"{summary['swept_experiment']} sweep, mean ± std over replicates")
     if any(lines) and others:
         ax.legend(fontsize=7)
@@ -348,6 +349,9 @@ def draw_series(rundir, summary, points, axes) -> str:
         ax.errorbar(x, y.mean(0), yerr=y.std(0), marker="o", ms=3, capsize=2,
                     label=", ".join(f"{short(k)}={v}" for k, v in zip(axes, key)) or None)
     ax.set_xscale("log")
+    ticks = sorted({round(100 * d, 3) for s in lines.values() for d in s[0]["x"]})
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
     ax.invert_xaxis()
     first = points[0]["row"]["series"]
     ax.set_xlabel(first["x_label"])
