@@ -21,7 +21,9 @@ class BadInput(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip().strip("\"'")
+    text = str(e).strip()
+    while len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":  # a KeyError's message, quoted
+        text = text[1:-1]
     return (text.splitlines() or [type(e).__name__])[0]
 
 
@@ -85,7 +87,7 @@ def _parse(argv, sweep, usage):
         raise BadInput(f"the config has no key {first_line(e)!r} (overrides given: {', '.join(keys) or 'none'}); "
                        "check the spelling against configs/base.py") from None
     except flags.Error as e:
-        raise BadInput(f"{first_line(e)}; see python main.py --helpfull") from None
+        raise BadInput(f"{first_line(e)}; see --helpfull") from None
     except (OSError, ImportError, TypeError, ValueError) as e:
         raise BadInput(f"cannot load --config: {first_line(e)}") from None
     processes = {"coordinator": fv.coordinator, "num_processes": fv.num_processes, "process_id": fv.process_id}

@@ -16,7 +16,10 @@ def redraw(workdir: str) -> list:
         raise LthError(f"{workdir} is not a lth_jax workdir (no config.json)")
     config = read_json(rundir.file("config.json"))
     experiment = config.get("experiment", "train")
-    if experiment == "sweep" and rundir.finished:
+    if experiment == "sweep":
+        if not rundir.finished:
+            raise LthError(f"{workdir} holds an unfinished sweep (no summary.json); finish it by running the same "
+                           "python -m lth_jax.sweep command again, then redraw")
         from lth_jax import sweep
         return sweep.redraw(rundir, config)
     if experiment != "train" and not rundir.finished:

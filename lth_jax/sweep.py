@@ -36,11 +36,13 @@ import sys
 import time
 
 import numpy as np
+from absl import logging
 
 from lth_jax import cli, files, parallel
 from lth_jax.errors import LthError, check
 from lth_jax.figures import format_table, pyplot, save_figure
 from lth_jax.files import read_json, write_json
+from lth_jax.trainer import Diverged
 from lth_jax.workdir import RunDir
 
 REPLICATE = "replicate"
@@ -123,8 +125,8 @@ def plan(cfg, axes: dict, experiment) -> tuple:
     stacked = set(getattr(experiment, "SWEEP_STACKED", ()))
     replicates = getattr(experiment, "SWEEP_REPLICATES", None)
     if REPLICATE in axes:
-        check(replicates is not None, f"the {cfg.experiment} experiment has no replicate seeds to stack; sweep "
-                                      "'seed' instead of 'replicate' (one run per seed)")
+        check(replicates is not None, f"the sweep does not stack the replicates of the {cfg.experiment} "
+                                      "experiment; sweep 'seed' instead of 'replicate' (one run per seed)")
         check(replicates not in axes, f"sweep either 'replicate' or {replicates!r}: replicate sets {replicates}")
     for key in axes:
         if key != REPLICATE:
@@ -170,6 +172,11 @@ def configured(cfg, overrides: dict, where: str):
             node = node[part]
         if isinstance(node[last], tuple):
             value = as_tuple(value)
+            kinds = {type(v) for v in node[last]}
+            for v in value if len(kinds) == 1 else ():
+                ok = isinstance(v, tuple(kinds)) or (float in kinds and isinstance(v, int) and not isinstance(v, bool))
+                check(ok, f"{where}: cannot set {key} = {value!r}: its elements must be "
+                          f"{next(iter(kinds)).__name__}, like the default {node[last]!r}")
         try:
             node[last] = value
         except (TypeError, ValueError) as e:
@@ -179,7 +186,7 @@ def configured(cfg, overrides: dict, where: str):
 
 def point_config(cfg, point: Point, experiment):
     overrides = {k: v for k, v in point.values.items() if k != REPLICATE}
-    return configured(cfg, overrides, f"sweep point {point.index}")
+    return configured(cfg, overrides, f"sweep point {point.index} ({point.label(point.values)})")
 
 
 # ---- running it ---------------------------------------------------------------------------------
@@ -189,10 +196,10 @@ class Sweep:
         self.points, self.runs = plan(cfg, axes, experiment)
         self.rundir = RunDir(workdir)
         self.rows = {}
-        self.run_configs = [configured(cfg, r.overrides, f"sweep run {r.index}") for r in self.runs]
-        # every point and run checked before anything is written
+        # every point, then every run, checked before anything is written
         for p in self.points:
             self.check(point_config(cfg, p, experiment), f"sweep point {p.index} ({p.label(axes)})")
+        self.run_configs = [configured(cfg, r.overrides, f"sweep run {r.index}") for r in self.runs]
         for r, c in zip(self.runs, self.run_configs):
             self.check(c, f"sweep run {r.index}")
 
@@ -200,8 +207,8 @@ class Sweep:
         try:
             cli.check_ignored_sections(cfg)
             self.experiment.check_config(cfg)
-        except (LthError, cli.BadInput) as e:
-            raise LthError(f"{where}: {e}") from None
+        except (LthError, cli.BadInput, TypeError, ValueError) as e:
+            raise LthError(f"{where}: {cli.first_line(e)}") from None
 
     def spec(self) -> dict:
         return {"experiment": "sweep", "swept_experiment": self.cfg.experiment, "axes": self.axes,
@@ -215,13 +222,13 @@ class Sweep:
                 self.train(run, cfg)
             rows = [self.rows[p.index] for p in self.points]
             summary = summarize(rows, self.axes, self.cfg.experiment, time.time() - t0)
-            self.rundir.write_summary(summary)
             write_csv(self.rundir.file("points.csv"), rows, self.axes)
             table = format_table(summary["table"])
             files.atomic_write(self.rundir.file("table.txt"), (table + "\n").encode())
+            draw(self.rundir, summary, rows)
+            self.rundir.write_summary(summary)  # last: it marks the sweep finished
             say(f"{HEADLINE} (%) at each point of the sweep, mean±std over replicates")
             say(table)
-            draw(self.rundir, summary, rows)
             say(f"sweep results in {self.rundir.path}: summary.json, points.csv, table.txt, plots/; each run's "
                   "own files in runs/NNN/")
             return summary
@@ -239,6 +246,8 @@ class Sweep:
             files.KILL_SCOPE = f"{run.folder}/"  # crash tests name a moment inside one run of the sweep
             try:
                 self.experiment.run(cfg, folder, overwrite=False, progress=self.progress)
+            except Diverged as e:
+                raise Diverged(e.step, f"{e.reason}, in sweep run {run.index}: {label}, {run.folder}") from None
             finally:
                 files.KILL_SCOPE = ""
         row_of = getattr(self.experiment, "sweep_row", summary_row)
@@ -268,6 +277,17 @@ def summary_row(rundir, cfg, replicate) -> dict:
 
 
 # ---- results ------------------------------------------------------------------------------------
+def headlines(points: list) -> list:
+    """The metrics the table and plot show: `test_accuracy`, or where a point
+    covers several results (a diet point with several fractions or selections)
+    each "WHAT/test_accuracy"."""
+    row = points[0]["row"]
+    keys = [HEADLINE] if HEADLINE in row else [k for k in row if k.endswith(f"/{HEADLINE}")]
+    if not keys:
+        raise LthError(f"the sweep's rows have no {HEADLINE}: {', '.join(row) or 'no numbers'}")
+    return keys
+
+
 def summarize(points: list, axes: dict, experiment: str, seconds: float) -> dict:
     """The points' rows and one table row per combination of the axes other than replicate."""
     shown = [k for k in axes if k != REPLICATE]
@@ -276,9 +296,10 @@ def summarize(points: list, axes: dict, experiment: str, seconds: float) -> dict
         groups.setdefault(tuple(repr(p["values"][k]) for k in shown), []).append(p)
     table = []
     for members in groups.values():
-        values = [m["row"].get(HEADLINE, float("nan")) for m in members]
         row = {short(k): fmt(members[0]["values"][k]) for k in shown}
-        row[f"{HEADLINE} (%)"] = f"{100 * np.mean(values):.2f}±{100 * np.std(values):.2f}"
+        for key in headlines(points):
+            values = [m["row"].get(key, float("nan")) for m in members]
+            row[f"{key} (%)"] = f"{100 * np.mean(values):.2f}±{100 * np.std(values):.2f}"
         row["replicates"] = str(len(members))
         if "density" in members[0]["row"]:
             row["% remaining"] = f"{100 * members[0]['row']['density']:.2f}"
@@ -309,26 +330,28 @@ def draw(rundir, summary: dict, points: list) -> list:
                                       for v in summary["axes"][k])]
     x_axis = (numeric or axes or [REPLICATE])[0]
     others = [k for k in axes if k != x_axis]
+    metrics = headlines(points)
+    xs_all = [fmt(x) for x in summary["axes"].get(x_axis, [0])]
     lines = {}
     for p in points:
-        lines.setdefault(tuple(fmt(p["values"][k]) for k in others), {}).setdefault(
-            p["values"].get(x_axis, 0), []).append(p["row"].get(HEADLINE, np.nan))
+        for metric in metrics:
+            label = [f"{short(k)}={fmt(p['values'][k])}" for k in others] + ([metric] if len(metrics) > 1 else [])
+            lines.setdefault(", ".join(label), {}).setdefault(fmt(p["values"].get(x_axis, 0)), []).append(
+                p["row"].get(metric, np.nan))
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs_all = summary["axes"].get(x_axis, [0])
-    for key, by_x in lines.items():
+    for label, by_x in lines.items():
         xs = [x for x in xs_all if x in by_x]
-        pos = xs if x_axis in numeric else [xs_all.index(x) for x in xs]
+        pos = [float(x) for x in xs] if x_axis in numeric else [xs_all.index(x) for x in xs]
         mean = np.array([np.mean(by_x[x]) for x in xs]) * 100
         std = np.array([np.std(by_x[x]) for x in xs]) * 100
-        label = ", ".join(f"{short(k)}={v}" for k, v in zip(others, key)) or None
-        ax.errorbar(pos, mean, yerr=std, marker="o", capsize=3, label=label)
+        ax.errorbar(pos, mean, yerr=std, marker="o", capsize=3, label=label or None)
     if x_axis not in numeric:
-        ax.set_xticks(range(len(xs_all)), [fmt(x) for x in xs_all])
+        ax.set_xticks(range(len(xs_all)), xs_all)
     ax.set_xlabel(x_axis)
     ax.set_ylabel(points[0]["row"].get("series", {}).get("y_label", f"{HEADLINE.replace('_', ' ')} (%)")
                   + (" at the sparsest level" if "series" in points[0]["row"] else ""))
     ax.set_title(f"{summary['swept_experiment']} sweep, mean ± std over replicates")
-    if any(lines) and others:
+    if any(lines):
         ax.legend(fontsize=7)
     paths.append(rundir.file("plots", "sweep.png"))
     save_figure(fig, paths[-1])
@@ -366,11 +389,20 @@ def draw_series(rundir, summary, points, axes) -> str:
 
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
+    summary["axes"] = {k: [as_value(v) for v in vs] for k, vs in summary["axes"].items()}
+    for p in summary["points"]:
+        p["values"] = {k: as_value(v) for k, v in p["values"].items()}
     return draw(rundir, summary, summary["points"])
+
+
+def as_value(v):
+    """A value read back from JSON as the sweep file gave it (lists were tuples)."""
+    return tuple(as_value(x) for x in v) if isinstance(v, list) else v
 
 
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
         cmd = cli.parse(argv, sweep=True, usage=__doc__)
         experiment = cli.prepare(cmd, check_sections=False)  # checked per point by Sweep
@@ -379,6 +411,9 @@ def main(argv=None) -> int:
     except (cli.BadInput, LthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before the sweep started", file=sys.stderr)
+        return 130
     return cli.run(lambda: sweep.run(cmd.overwrite))
 
 

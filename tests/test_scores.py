@@ -213,9 +213,10 @@ def test_grand_fallback_and_errors(monkeypatch):
     v = _random_variables(model, x)
     f = lambda v, x: model.apply(v, x)
     monkeypatch.setattr(scores, "_WARNED", set())
+    how, why = scores.grand_method(f, v, x, model=model)  # a query: no warning
+    assert how == "vmap" and "shared: called 2 times" in why and "ln/" in why and not scores._WARNED
     with pytest.warns(UserWarning, match=r"fast path does not cover this model \(.*shared: called 2 times"):
-        how, why = scores.grand_method(f, v, x, model=model)
-    assert how == "vmap" and "shared: called 2 times" in why and "ln/" in why
+        scores.grand(f, v, x, y, model=model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per reason: the second fallback is silent
         auto = jax.jit(lambda v, x, y: scores.grand(f, v, x, y, model=model))(v, x, y)

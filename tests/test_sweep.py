@@ -62,6 +62,9 @@ def test_point_config_has_one_value_of_a_stacked_tuple_key():
     ({"diet.fractions": [0.3, 1.5]}, "sweep point 1 (fractions=1.5): kept fraction must be in (0, 1]"),
     ({"train.steps": ["many"]}, "cannot set train.steps = 'many'"),
     ({"lottery.seeds": [2]}, "lottery.seeds is set, but the diet experiment does not read the lottery section"),
+    ({"diet.fractions": ["0.3"]}, "sweep point 0 (fractions=0.3): cannot set diet.fractions = ('0.3',): its "
+                                  "elements must be float"),
+    ({"model.widths": [[32.5]]}, "cannot set model.widths = (32.5,): its elements must be int"),
 ])
 def test_bad_sweeps_are_refused_in_one_line(tmp_path, capsys, axes, message):
     workdir = tmp_path / "sweep"
@@ -73,7 +76,7 @@ def test_bad_sweeps_are_refused_in_one_line(tmp_path, capsys, axes, message):
 
 
 def test_replicate_refused_for_an_experiment_without_replicates():
-    with pytest.raises(LthError, match="the train experiment has no replicate seeds to stack; sweep 'seed'"):
+    with pytest.raises(LthError, match="does not stack the replicates of the train experiment; sweep 'seed'"):
         sweep.plan(config("train_mnist1d"), {"replicate": [0, 1]}, experiments.get("train"))
 
 
@@ -128,3 +131,67 @@ def test_diet_sweep_killed_in_its_second_run_resumes_identical(tmp_path):
 
     again = main_py(ref, args, program=SWEEP)
     assert again.returncode == 2 and "holds a finished run" in again.stderr
+
+
+def fake_run(folder, files: dict):
+    for rel, obj in files.items():
+        path = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f)
+    return sweep.RunDir(str(folder))
+
+
+def test_lottery_rows_series_table_and_redraw_with_tuple_values(tmp_path):
+    """Replicate r's dense net and tickets at every level, its control, the
+    sparsest ticket as headline; a tuple-valued axis survives summary.json."""
+    cfg = config("lottery_mnist1d")
+    cfg.lottery.levels, cfg.lottery.controls = 2, ("random_prune",)
+    acc = {(level, r): 0.5 + 0.1 * level + 0.01 * r for level in range(3) for r in range(2)}
+    files = {}
+    for level in range(3):
+        members = {}
+        for r in range(2):
+            kind = "dense" if level == 0 else "ticket"
+            members[f"{kind}/{r}"] = {"density": 0.8 ** level, "final_test_accuracy": acc[level, r],
+                                      "early_stop_test_accuracy": acc[level, r] - 0.05}
+            if level:
+                members[f"random_prune/{r}"] = {"final_test_accuracy": 0.3}
+        files[f"levels/{level}/result.json"] = {"members": members}
+    run = fake_run(tmp_path / "run", files)
+    row = experiments.get("lottery").sweep_row(run, cfg, 1)
+    assert row["L2_test_accuracy"] == acc[2, 1] == row["test_accuracy"] and row["density"] == pytest.approx(0.64)
+    assert row["L0_early_stop_test_accuracy"] == pytest.approx(acc[0, 1] - 0.05) and row["L1_random_prune_test_accuracy"] == 0.3
+    assert "L0_random_prune_test_accuracy" not in row and row["series"]["y"] == [acc[0, 1], acc[1, 1], acc[2, 1]]
+
+    axes = {"model.widths": [(32,), (64,)], "replicate": [0, 1]}
+    points = [{"point": i, "values": {"model.widths": w, "replicate": r}, "run": "runs/000", "replicate": r,
+               "row": experiments.get("lottery").sweep_row(run, cfg, r)}
+              for i, (w, r) in enumerate([((32,), 0), ((32,), 1), ((64,), 0), ((64,), 1)])]
+    summary = sweep.summarize(points, axes, "lottery", 1.0)
+    want = [acc[2, 0], acc[2, 1]]
+    assert summary["table"][0] == {"widths": "(32,)", "test_accuracy (%)": f"{100 * np.mean(want):.2f}±"
+                                   f"{100 * np.std(want):.2f}", "replicates": "2", "% remaining": "64.00"}
+    sweepdir = sweep.RunDir(str(tmp_path / "sweep"))
+    sweep.write_json(sweepdir.file("config.json"), {"experiment": "sweep"})
+    sweep.write_json(sweepdir.file("summary.json"), summary)  # tuples become lists here
+    paths = report.redraw(sweepdir.path)
+    assert [os.path.basename(p) for p in paths] == ["sweep.png", "sweep_density.png"]
+    assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_a_diet_point_covering_several_fractions_shows_each(tmp_path):
+    """A learning-rate-only diet sweep: each point trains all of the config's
+    fractions and selections; the table gets a column per (selection, fraction)."""
+    cfg = config("diet_mnist1d")
+    cfg.diet.fractions, cfg.diet.selections = (0.3, 1.0), ("random",)
+    files = {f"fractions/{f}/result.json": {"kept": kept, "members": {
+        f"{sel}/0": {"final_test_accuracy": a, "best_test_accuracy": a + 0.125}}}
+        for f, kept, sel, a in [("0.3", 30, "random", 0.4), ("1", 100, "full", 0.6)]}
+    row = experiments.get("diet").sweep_row(fake_run(tmp_path, files), cfg, 0)
+    assert row == {"random@0.3/test_accuracy": 0.4, "random@0.3/best_test_accuracy": 0.4 + 0.125, "random@0.3/kept": 30,
+                   "random@1/test_accuracy": 0.6, "random@1/best_test_accuracy": 0.6 + 0.125, "random@1/kept": 100}
+    points = [{"point": 0, "values": {"optimizer.learning_rate": 1e-3}, "run": "runs/000", "replicate": 0, "row": row}]
+    table = sweep.summarize(points, {"optimizer.learning_rate": [1e-3]}, "diet", 1.0)["table"]
+    assert table == [{"learning_rate": "0.001", "random@0.3/test_accuracy (%)": "40.00±0.00",
+                      "random@1/test_accuracy (%)": "60.00±0.00", "replicates": "1"}]

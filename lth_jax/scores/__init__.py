@@ -170,7 +170,6 @@ def grand_method(apply_fn, variables, x, *, model=None, method="auto"):
             method != "fast",
             f"grand(method='fast') can't cover all parameters: {layers}; use method='auto' or 'vmap'",
         )
-        _warn_fallback(layers)
         return "vmap", layers
     return "fast", layers
 
@@ -186,7 +185,7 @@ def _warn_fallback(reason: str) -> None:
         _WARNED.add(reason)
         warnings.warn(f"scores.grand: the fast path does not cover this model ({reason}); using vmap(grad) "
                       "instead: the same numbers, many times slower. Pass method='vmap' to silence this.",
-                      stacklevel=4)
+                      stacklevel=2)
 
 
 def grand(apply_fn, variables, x, y, *, model=None, method="auto"):
@@ -206,6 +205,8 @@ def grand(apply_fn, variables, x, y, *, model=None, method="auto"):
         how, layers = grand_method(apply_fn, variables, x, model=model, method=method)
         if how == "fast":
             return ghost.sq_norms(apply_fn, variables, x, y, layers)
+        if model is not None and method == "auto":
+            _warn_fallback(layers)
         return _vmap_sq_norms(apply_fn, variables, x, y)
     return jnp.sqrt(jnp.maximum(_single("grand", single), 0.0))
 
