@@ -24,6 +24,18 @@ def add_common_args(ap, default_out: str):
     return ap
 
 
+def parse_timing_args(ap, steps: int, quick_steps: int):
+    """ap.parse_args() with the defaults of the timing scripts that take --steps:
+    5 repetitions (2 with --quick), 1 warm-up, `steps` steps (`quick_steps`);
+    XLA_FLAGS applied."""
+    args = ap.parse_args()
+    args.reps = args.reps or (2 if args.quick else 5)
+    args.warmup = 1 if args.warmup is None else args.warmup
+    args.steps = args.steps or (quick_steps if args.quick else steps)
+    apply_xla_flags(args.xla_flags)
+    return args
+
+
 def apply_xla_flags(flags: str) -> None:
     """Append `flags` to XLA_FLAGS; must run before the first `import jax`."""
     if flags:

@@ -200,13 +200,8 @@ def add_timing_args(ap):
 
 
 def parse(ap, default_steps=3000):
-    args = ap.parse_args()
-    q = args.quick
-    args.reps = args.reps or (2 if q else 5)
-    args.warmup = args.warmup if args.warmup is not None else 1
-    args.steps = args.steps or (500 if q else default_steps)
+    args = common.parse_timing_args(ap, steps=default_steps, quick_steps=500)
     args.blocks = [b.strip() if b.strip() == "auto" else int(b) for b in args.blocks.split(",") if b.strip()]
-    common.apply_xla_flags(args.xla_flags)
     return args
 
 

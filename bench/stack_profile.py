@@ -98,11 +98,7 @@ def main():
     ap.add_argument("--models", default="mlp,lenet")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--steps", type=int, default=None)
-    args = ap.parse_args()
-    args.reps = args.reps or (2 if args.quick else 5)
-    args.warmup = 1 if args.warmup is None else args.warmup
-    args.steps = args.steps or (100 if args.quick else 1000)
-    common.apply_xla_flags(args.xla_flags)
+    args = common.parse_timing_args(ap, steps=1000, quick_steps=100)
 
     import dataclasses
 

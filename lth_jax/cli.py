@@ -107,21 +107,28 @@ def check_ignored_sections(cfg) -> None:
                                f"{section} section; remove it, or choose the experiment that uses it")
 
 
-def main(argv, usage: str = "") -> int:
+def main(argv, usage: str = "", sweep: bool = False, start=None) -> int:
+    """Parse, then `start(cmd)` (default: the config's experiment) returns what to
+    run; everything refused before it runs is one line and exit code 2."""
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
-        cmd = parse(argv, usage=usage)
-        experiment = prepare(cmd)
+        cmd = parse(argv, sweep=sweep, usage=usage)
+        call = (start or _experiment)(cmd)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted before the run started", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 -- LthError from experiments.get
+    except Exception as e:  # noqa: BLE001 -- LthError from experiments.get or a sweep's checks
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
-    return run(lambda: experiment.run(cmd.config, cmd.workdir, overwrite=cmd.overwrite, progress=cmd.progress))
+    return run(call)
+
+
+def _experiment(cmd: Command):
+    experiment = prepare(cmd)
+    return lambda: experiment.run(cmd.config, cmd.workdir, overwrite=cmd.overwrite, progress=cmd.progress)
 
 
 def prepare(cmd: Command, check_sections: bool = True):

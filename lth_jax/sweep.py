@@ -36,7 +36,6 @@ import sys
 import time
 
 import numpy as np
-from absl import logging
 
 from lth_jax import cli, files, parallel
 from lth_jax.errors import LthError, check
@@ -59,8 +58,9 @@ class Point:
     def replicate(self) -> int:
         return int(self.values.get(REPLICATE, 0))
 
-    def label(self, axes) -> str:
-        return ", ".join(f"{short(k)}={fmt(self.values[k])}" for k in axes)
+    @property
+    def where(self) -> str:
+        return f"sweep point {self.index} ({label(self.values)})"
 
 
 @dataclasses.dataclass
@@ -86,6 +86,12 @@ def short(key: str) -> str:
 
 def fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def label(values: dict) -> str:
+    """"fractions=0.3, scope=global": config keys by their last part; tuples comma-joined."""
+    return ", ".join(f"{short(k)}={','.join(map(fmt, v)) if isinstance(v, tuple) else fmt(v)}"
+                     for k, v in values.items())
 
 
 # ---- the sweep file and the plan --------------------------------------------------------------
@@ -184,9 +190,8 @@ def configured(cfg, overrides: dict, where: str):
     return out
 
 
-def point_config(cfg, point: Point, experiment):
-    overrides = {k: v for k, v in point.values.items() if k != REPLICATE}
-    return configured(cfg, overrides, f"sweep point {point.index} ({point.label(point.values)})")
+def point_config(cfg, point: Point):
+    return configured(cfg, {k: v for k, v in point.values.items() if k != REPLICATE}, point.where)
 
 
 # ---- running it ---------------------------------------------------------------------------------
@@ -197,8 +202,9 @@ class Sweep:
         self.rundir = RunDir(workdir)
         self.rows = {}
         # every point, then every run, checked before anything is written
-        for p in self.points:
-            self.check(point_config(cfg, p, experiment), f"sweep point {p.index} ({p.label(axes)})")
+        self.point_configs = [point_config(cfg, p) for p in self.points]
+        for p, c in zip(self.points, self.point_configs):
+            self.check(c, p.where)
         self.run_configs = [configured(cfg, r.overrides, f"sweep run {r.index}") for r in self.runs]
         for r, c in zip(self.runs, self.run_configs):
             self.check(c, f"sweep run {r.index}")
@@ -237,24 +243,23 @@ class Sweep:
 
     def train(self, run: Run, cfg) -> None:
         folder = self.rundir.file(run.folder)
-        label = ", ".join(f"{short(k)}={fmt(v) if not isinstance(v, tuple) else ','.join(map(fmt, v))}"
-                          for k, v in run.overrides.items()) or "the base config"
+        what = label(run.overrides) or "the base config"
         if RunDir(folder).finished:
-            say(f"sweep run {run.index + 1} of {len(self.runs)} ({label}): done", flush=True)
+            say(f"sweep run {run.index + 1} of {len(self.runs)} ({what}): done", flush=True)
         else:
-            say(f"sweep run {run.index + 1} of {len(self.runs)} ({label}): {len(run.points)} point(s)", flush=True)
+            say(f"sweep run {run.index + 1} of {len(self.runs)} ({what}): {len(run.points)} point(s)", flush=True)
             files.KILL_SCOPE = f"{run.folder}/"  # crash tests name a moment inside one run of the sweep
             try:
                 self.experiment.run(cfg, folder, overwrite=False, progress=self.progress)
             except Diverged as e:
-                raise Diverged(e.step, f"{e.reason}, in sweep run {run.index}: {label}, {run.folder}") from None
+                raise Diverged(e.step, f"{e.reason}, in sweep run {run.index}: {what}, {run.folder}") from None
             finally:
                 files.KILL_SCOPE = ""
         row_of = getattr(self.experiment, "sweep_row", summary_row)
         for i in run.points:
             p = self.points[i]
             self.rows[i] = {"point": p.index, "values": p.values, "run": run.folder, "replicate": p.replicate,
-                            "row": row_of(RunDir(folder), point_config(self.cfg, p, self.experiment), p.replicate)}
+                            "row": row_of(RunDir(folder), self.point_configs[i], p.replicate)}
             write_json(self.rundir.file("points", f"{p.index:03d}.json"), self.rows[i])
 
 
@@ -335,16 +340,17 @@ def draw(rundir, summary: dict, points: list) -> list:
     lines = {}
     for p in points:
         for metric in metrics:
-            label = [f"{short(k)}={fmt(p['values'][k])}" for k in others] + ([metric] if len(metrics) > 1 else [])
-            lines.setdefault(", ".join(label), {}).setdefault(fmt(p["values"].get(x_axis, 0)), []).append(
+            name = ", ".join(filter(None, [label({k: p["values"][k] for k in others}),
+                                           metric if len(metrics) > 1 else ""]))
+            lines.setdefault(name, {}).setdefault(fmt(p["values"].get(x_axis, 0)), []).append(
                 p["row"].get(metric, np.nan))
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, by_x in lines.items():
+    for name, by_x in lines.items():
         xs = [x for x in xs_all if x in by_x]
         pos = [float(x) for x in xs] if x_axis in numeric else [xs_all.index(x) for x in xs]
         mean = np.array([np.mean(by_x[x]) for x in xs]) * 100
         std = np.array([np.std(by_x[x]) for x in xs]) * 100
-        ax.errorbar(pos, mean, yerr=std, marker="o", capsize=3, label=label or None)
+        ax.errorbar(pos, mean, yerr=std, marker="o", capsize=3, label=name or None)
     if x_axis not in numeric:
         ax.set_xticks(range(len(xs_all)), xs_all)
     ax.set_xlabel(x_axis)
@@ -365,12 +371,11 @@ def draw_series(rundir, summary, points, axes) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     lines = {}
     for p in points:
-        lines.setdefault(tuple(fmt(p["values"][k]) for k in axes), []).append(p["row"]["series"])
-    for key, series in lines.items():
+        lines.setdefault(label({k: p["values"][k] for k in axes}), []).append(p["row"]["series"])
+    for name, series in lines.items():
         x = np.array(series[0]["x"]) * 100
         y = np.array([s["y"] for s in series]) * 100
-        ax.errorbar(x, y.mean(0), yerr=y.std(0), marker="o", ms=3, capsize=2,
-                    label=", ".join(f"{short(k)}={v}" for k, v in zip(axes, key)) or None)
+        ax.errorbar(x, y.mean(0), yerr=y.std(0), marker="o", ms=3, capsize=2, label=name or None)
     ax.set_xscale("log")
     ticks = sorted({round(100 * d, 3) for s in lines.values() for d in s[0]["x"]})
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
@@ -400,21 +405,15 @@ def as_value(v):
     return tuple(as_value(x) for x in v) if isinstance(v, list) else v
 
 
+def start(cmd: cli.Command):
+    """What cli.run runs for a sweep command, after every point is checked."""
+    experiment = cli.prepare(cmd, check_sections=False)  # checked per point by Sweep
+    sweep = Sweep(cmd.config, load_axes(cmd.sweep), cmd.workdir, experiment, cmd.progress)
+    return lambda: sweep.run(cmd.overwrite)
+
+
 def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    try:
-        cmd = cli.parse(argv, sweep=True, usage=__doc__)
-        experiment = cli.prepare(cmd, check_sections=False)  # checked per point by Sweep
-        axes = load_axes(cmd.sweep)
-        sweep = Sweep(cmd.config, axes, cmd.workdir, experiment, cmd.progress)
-    except (cli.BadInput, LthError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted before the sweep started", file=sys.stderr)
-        return 130
-    return cli.run(lambda: sweep.run(cmd.overwrite))
+    return cli.main(sys.argv if argv is None else argv, usage=__doc__, sweep=True, start=start)
 
 
 if __name__ == "__main__":

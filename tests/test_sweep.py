@@ -48,7 +48,7 @@ def test_lottery_settings_run_one_after_another_with_replicates_stacked():
 def test_point_config_has_one_value_of_a_stacked_tuple_key():
     cfg = config("diet_mnist1d")
     points, _ = sweep.plan(cfg, DIET_AXES, experiments.get("diet"))
-    one = sweep.point_config(cfg, points[5], experiments.get("diet"))
+    one = sweep.point_config(cfg, points[5])
     assert one.diet.fractions == (points[5].values["diet.fractions"],)
     assert one.diet.selections == (points[5].values["diet.selections"],) and one.diet.seeds == cfg.diet.seeds
 
