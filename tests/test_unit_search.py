@@ -45,16 +45,32 @@ def test_members_choices_and_files(finished):
         assert os.path.exists(os.path.join(workdir, name)), name
     res = json.load(open(os.path.join(workdir, "sparsity", "0.75", "result.json")))
     m = res["members"]
-    assert len(m) == 2 * (5 + 1)
+    assert len(m) == 2 * (5 + 2 + 1)  # per replicate: 5 candidates, 2 fresh random masks, magnitude
     for name, member in m.items():  # 25% of 16 and of 12 units kept, in every member
         assert [u.count("1") for u in member["units"].values()] == [4, 3], name
     for r in (0, 1):
         crit = {c: m[f"candidate_{c}/{r}"]["criterion"] for c in range(5)}
         searched = [n for n in res["chosen"]["searched"] if n.endswith(f"/{r}")]
         assert sorted(crit[int(n.split("_")[1].split("/")[0])] for n in searched) == sorted(crit.values())[:2]
-    assert len(res["chosen"]["random"]) == 4 and res["chosen"]["magnitude"] == ["magnitude/0", "magnitude/1"]
+    assert res["chosen"]["random"] == ["random_0/0", "random_1/0", "random_0/1", "random_1/1"]
+    assert res["chosen"]["magnitude"] == ["magnitude/0", "magnitude/1"]
     step20 = [json.loads(l) for l in open(os.path.join(workdir, "sparsity", "0.75", "metrics.jsonl"))][1]
-    assert step20["step"] == 20 and m["candidate_3/1"]["criterion"] == pytest.approx(step20["val_loss"][6 + 3])
+    assert step20["step"] == 20 and m["candidate_3/1"]["criterion"] == pytest.approx(step20["val_loss"][8 + 3])
+
+
+def test_the_random_set_is_fresh_masks_the_search_never_saw(finished):
+    """The random set must not overlap the searched one (nor be drawn from its pool), or the comparison
+    leans towards "equal"."""
+    _, workdir, _ = finished
+    for s in ("0.5", "0.75"):
+        res = json.load(open(os.path.join(workdir, "sparsity", s, "result.json")))
+        searched, random = set(res["chosen"]["searched"]), set(res["chosen"]["random"])
+        assert not searched & random
+        assert not any(name.startswith("candidate_") for name in random)
+        units = {n: res["members"][n]["units"] for n in res["members"]}
+        for name in random:  # a mask of its own, at the same per-layer counts as the candidates
+            assert [u.count("1") for u in units[name].values()] == [u.count("1") for u in units["candidate_0/0"].values()]
+            assert "criterion" not in res["members"][name]
 
 
 def test_magnitude_members_keep_the_largest_incoming_l1_norms(finished):

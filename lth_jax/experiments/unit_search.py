@@ -18,10 +18,13 @@ Unit masks are expanded to weight masks through the traced data flow
 at step ``criterion_step`` of this same training (0 = at initialisation).
 Because every candidate is trained to the end, the study reads off directly
 what a search would have given: **searched** = the B (``keep``) candidates
-with the lowest criterion, **random** = B candidates drawn at random (not
-searched), plus **magnitude** and the **dense** parent. The result also holds
-the criterion and final accuracy of every candidate (does the criterion
-predict anything?).
+with the lowest criterion, **random** = B fresh random unit masks, drawn
+after the N candidates and trained beside them but never seen by the search
+(so the two sets share no member: drawing "random" from the searched pool
+would let it overlap "searched" and pull the comparison towards "equal"),
+plus **magnitude** and the **dense** parent. The result also holds the
+criterion and final accuracy of every candidate (does the criterion predict
+anything?).
 
 Hidden layers are the layers with a kernel whose outputs another layer reads
 (for residual nets: one unit mask per tied group of layers).
@@ -178,10 +181,12 @@ class UnitSearch:
             for r in self.replicates:
                 rng = np.random.default_rng([self.cfg.seed, r, int(round(s * 1e6))])
                 v = self.init(r)
-                for c in range(N):
+                # the fresh random set is drawn after the candidates, so the candidates (and hence
+                # the searched set) are those of a run without it
+                for name in [f"candidate_{c}" for c in range(N)] + [f"random_{c}" for c in range(self.u.keep)]:
                     um = sample_unit_masks(rng, self.widths, s, self.u.scope, self.u.min_units)
                     states.append(self.state(v, self.weight_mask(v["params"], um)))
-                    names.append(f"candidate_{c}/{r}")
+                    names.append(f"{name}/{r}")
                     unit_sets.append(um)
                 um = magnitude_unit_masks(ensemble.take(parents, r), self.flow, counts)
                 states.append(self.state(v, self.weight_mask(v["params"], um)))
@@ -189,11 +194,11 @@ class UnitSearch:
                 unit_sets.append(um)
             stacked = ensemble.stack(states)
             init_eval = self.parts.trainer.evaluate(self.put(stacked)) if self.u.criterion_step == 0 else None
-            seeds = self.seeds(N + 1)
+            seeds = self.seeds(N + self.u.keep + 1)
             self.train(stage, stacked, names, seeds, f"sparsity_{s:g}")
             result = unit_search_report.sparsity_result(
                 s, names, stage.records, unit_sets, self.replicates, N, self.u.keep, self.u.criterion_step,
-                init_eval, seed=[self.cfg.seed, 31, int(round(s * 1e6))])
+                init_eval)
             stage.finish(result)
             return result
         finally:

@@ -28,23 +28,23 @@ def members_result(names: list, records: list, unit_sets: list) -> dict:
     return {"members": members}
 
 
-def sparsity_result(sparsity, names, records, unit_sets, replicates, n, keep, criterion_step, init_eval, seed):
-    """members_result plus each candidate's criterion and the searched / random choices."""
+def sparsity_result(sparsity, names, records, unit_sets, replicates, n, keep, criterion_step, init_eval):
+    """members_result plus each candidate's criterion and the searched / random sets. Per replicate the
+    members are n candidates, `keep` fresh random masks (the random set, never searched), the magnitude mask."""
     out = members_result(names, records, unit_sets)
     if criterion_step == 0:
         criterion = np.asarray(init_eval["val_loss"], np.float64)
     else:
         criterion = np.asarray(next(r["val_loss"] for r in records if r["step"] == criterion_step), np.float64)
-    rng = np.random.default_rng(seed)
     chosen = {"searched": [], "random": [], "magnitude": []}
     for j, r in enumerate(replicates):
-        first = j * (n + 1)
+        first = j * (n + keep + 1)
         cands = [f"candidate_{c}/{r}" for c in range(n)]
         values = criterion[first:first + n]
         for c, name in enumerate(cands):
             out["members"][name]["criterion"] = float(values[c])
         chosen["searched"] += [cands[c] for c in np.argsort(values, kind="stable")[:keep]]
-        chosen["random"] += [cands[c] for c in rng.permutation(n)[:keep]]
+        chosen["random"] += [f"random_{c}/{r}" for c in range(keep)]
         chosen["magnitude"].append(f"magnitude/{r}")
     out.update(sparsity=sparsity, criterion_step=criterion_step, chosen=chosen)
     return out
