@@ -117,7 +117,7 @@ def get_config():
     c.diet = config_dict.ConfigDict()  # experiment = "diet"
     c.diet.members = 4               # K: the scoring ensemble (the paper recommends >= 10)
     c.diet.score_epochs = 2.0        # train the ensemble this long before scoring; 0 = at initialisation
-    c.diet.scores = ("el2n", "grand", "input_norm", "forgetting")
+    c.diet.scores = ("el2n", "grand", "input_norm", "forgetting")  # also grand_init: GraNd of the members at init
     c.diet.chunk_size = 1000         # examples scored at a time (memory bound); 0 = from the device's free memory
     c.diet.selections = ("el2n:hardest", "el2n:easiest", "random")  # SCORE:hardest|easiest|window, or random
     c.diet.window_offset = 0.0       # for :window, the share of hardest examples skipped first

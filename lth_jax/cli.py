@@ -111,6 +111,8 @@ def main(argv, usage: str = "", sweep: bool = False, start=None) -> int:
     """Parse, then `start(cmd)` (default: the config's experiment) returns what to
     run; everything refused before it runs is one line and exit code 2."""
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    from lth_jax import provenance
+    provenance.set_command(list(argv[1:]), "-m lth_jax.sweep" if sweep else "main.py")
     try:
         cmd = parse(argv, sweep=sweep, usage=usage)
         call = (start or _experiment)(cmd)

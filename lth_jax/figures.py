@@ -65,16 +65,35 @@ def print_outputs(workdir: str, names: list) -> None:
 
 
 def band(ax, x, stats: list, scale: float, color, marker, label) -> None:
-    """A mean line with a ±std band from [{"mean", "std"}, ...] (times `scale`)."""
+    """A mean line with a ±std band from [{"mean", "std"}, ...] (times `scale`; no band where std is None)."""
     mean = np.array([st["mean"] for st in stats]) * scale
-    std = np.array([st["std"] for st in stats]) * scale
+    std = np.array([st["std"] or 0.0 for st in stats]) * scale
     ax.plot(x, mean, color=color, marker=marker, label=label, ms=4)
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
 
 
-def pm(stat) -> str:
-    """'mean±std' of a {"mean", "std"} share, in percent."""
-    return f"{100 * stat['mean']:.2f}±{100 * stat['std']:.2f}"
+def table(title: str, rows: list, columns: list | None = None) -> dict:
+    """A table a run reports: printed at its end (`print_tables`) and by ``python -m lth_jax.report
+    WORKDIR --markdown`` (`markdown_tables`), so both show the same numbers under the same heading."""
+    return {"title": title, "rows": rows, "columns": columns or list(dict.fromkeys(c for r in rows for c in r))}
+
+
+def print_tables(tables: list) -> None:
+    for t in tables:
+        if t["rows"]:
+            print(t["title"])
+            print(format_table(t["rows"], t["columns"]))
+
+
+def markdown_tables(tables: list) -> str:
+    out = []
+    for t in tables:
+        if not t["rows"]:
+            continue
+        cells = [[str(r.get(c, "")) for c in t["columns"]] for r in t["rows"]]
+        out += [t["title"], "", "| " + " | ".join(t["columns"]) + " |",
+                "|" + "|".join("---" for _ in t["columns"]) + "|", *("| " + " | ".join(row) + " |" for row in cells), ""]
+    return "\n".join(out)
 
 
 def remaining_axis(ax, summary, label):

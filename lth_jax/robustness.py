@@ -43,8 +43,9 @@ from ml_collections import config_dict
 from lth_jax import ensemble, geometry, npz
 from lth_jax.data import corruptions
 from lth_jax.errors import LthError, check
-from lth_jax.figures import pyplot, remaining_axis, save_figure
+from lth_jax.figures import print_tables, pyplot, remaining_axis, save_figure, table
 from lth_jax.files import read_json, write_json
+from lth_jax.stats import paired, pm, pm_diff, spread
 from lth_jax.train import call_model, init_variables
 from lth_jax.workdir import RunDir, is_run
 
@@ -264,32 +265,57 @@ def main(argv=None) -> int:
 
 
 def write(rundir, result: dict) -> None:
-    """robustness.json, the plots, and the table at the highest severity."""
+    """robustness.json, the plots, and the tables (`tables`)."""
     write_json(rundir.file("robustness.json"), result)
     paths = draw(rundir, result)
+    print_tables(tables(result))
+    print(f"results: {rundir.file('robustness.json')}, {', '.join(paths)}")
+
+
+def tables(result: dict) -> list:
+    """Accuracy at the highest severity per network (mean ± sample std over replicates), the tickets'
+    paired differences from each control, the last layer's geometry and the theta_y separation."""
     top = max(result["severities"])
-    print(f"test accuracy (%), mean over replicates; corruptions at severity {top}")
-    header = ["level", "kind", "% remaining", "clean", *result["corruptions"]]
-    print("  ".join(f"{h:>14}" for h in header))
+    columns = ["clean", *result["corruptions"]]
+
+    def values(e, c):
+        return e["clean"] if c == "clean" else e["corrupted"][f"{c}:{top}"]
+    rows = [{"level": e["level"], "% remaining": f"{100 * e['density']:.2f}", "network": e["kind"],
+             **{c: pm(spread(values(e, c))) for c in columns}} for e in result["levels"]]
+    out = [table(f"Test accuracy (%) on the first {result['examples']} test examples, corruptions at severity {top}; "
+                 "mean ± sample std (ddof 1) over replicates, n = replicates", rows)]
+    by_level = {}
     for e in result["levels"]:
-        cells = [str(e["level"]), e["kind"], f"{100 * e['density']:.2f}", f"{100 * np.mean(e['clean']):.2f}",
-                 *[f"{100 * np.mean(e['corrupted'][f'{c}:{top}']):.2f}" for c in result["corruptions"]]]
-        print("  ".join(f"{c:>14}" for c in cells))
-    print(f"theta_y of misclassified vs correct examples (replicate 0; corruptions at severity {top})")
-    print("  ".join(f"{h:>16}" for h in ["network", "data", "misclassified", "theta wrong", "theta right",
-                                            "Cohen's d", "AUROC", "Mann-Whitney p"]))
+        by_level.setdefault(e["level"], {})[e["kind"]] = e
+    diffs = []
+    for level, kinds in by_level.items():
+        for control in (k for k in kinds if k not in ("dense", "ticket")):
+            if "ticket" in kinds:
+                t, c = kinds["ticket"], kinds[control]
+                diffs.append({"level": level, "% remaining": f"{100 * t['density']:.2f}", "ticket -": control,
+                              **{col: pm_diff(paired(dict(enumerate(values(t, col))), dict(enumerate(values(c, col)))))
+                                 for col in columns}})
+    out.append(table(f"Ticket minus control, test accuracy (points), severity {top}; paired by replicate, "
+                     "mean ± sample std, two-sided paired t-test p", diffs))
+    geo = []
     for label, conditions in result["geometry"].items():
         for cond, g in conditions.items():
+            row = {"network": label, "data": cond if cond == "clean" else f"{cond} {top}",
+                   "||h||": f"{g['h_norm_mean']:.2f}", "theta_y (rad)": f"{g['theta_y_mean']:.3f}",
+                   "margin": f"{g['margin_mean']:.2f}"}
             sep = g.get("theta_y_separation")
             if sep:
-                cells = [label, cond, str(sep["misclassified"]), f"{sep['mean_misclassified']:.3f}",
-                         f"{sep['mean_correct']:.3f}", f"{sep['cohens_d']:.2f}", f"{sep['auroc']:.3f}",
-                         f"{sep['mann_whitney_p']:.2g}"]
-                print("  ".join(f"{c:>16}" for c in cells))
+                row.update({"misclassified": sep["misclassified"], "theta_y wrong": f"{sep['mean_misclassified']:.3f}",
+                            "theta_y right": f"{sep['mean_correct']:.3f}", "Cohen's d": f"{sep['cohens_d']:.2f}",
+                            "AUROC": f"{sep['auroc']:.3f}", "Mann-Whitney p": f"{sep['mann_whitney_p']:.2g}"})
+            geo.append(row)
     worst = max(g["logit_rebuild_error"] for conditions in result["geometry"].values() for g in conditions.values())
-    print(f"logits rebuilt as ||W_c|| ||h|| cos(theta_c) + b_c: largest error {worst:.1e} of the largest |logit| "
-          f"({'within' if worst <= REBUILD_TOLERANCE else 'OVER'} the {REBUILD_TOLERANCE:g} check)")
-    print(f"results: {rundir.file('robustness.json')}, {', '.join(paths)}")
+    out.append(table(f"Last-layer geometry (replicate 0, means over the examples): feature norm ||h||, angle theta_y to "
+                     "the true class's weights, margin; does theta_y separate the misclassified examples (Cohen's d "
+                     "with the pooled std, AUROC = chance a misclassified example has the larger theta_y, two-sided "
+                     f"Mann-Whitney U)? Logits rebuilt from the decomposition to {worst:.1e} of the largest |logit| "
+                     f"({'within' if worst <= REBUILD_TOLERANCE else 'OVER'} the {REBUILD_TOLERANCE:g} check)", geo))
+    return out
 
 
 if __name__ == "__main__":

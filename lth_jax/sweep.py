@@ -39,8 +39,9 @@ import numpy as np
 
 from lth_jax import cli, files, parallel
 from lth_jax.errors import LthError, check
-from lth_jax.figures import format_table, pyplot, save_figure
+from lth_jax.figures import format_table, pyplot, save_figure, table
 from lth_jax.files import read_json, write_json
+from lth_jax.stats import pm, spread
 from lth_jax.trainer import Diverged
 from lth_jax.workdir import RunDir
 
@@ -233,7 +234,7 @@ class Sweep:
             files.atomic_write(self.rundir.file("table.txt"), (table + "\n").encode())
             draw(self.rundir, summary, rows)
             self.rundir.write_summary(summary)  # last: it marks the sweep finished
-            say(f"{HEADLINE} (%) at each point of the sweep, mean±std over replicates")
+            say(tables(summary)[0]["title"])
             say(table)
             say(f"sweep results in {self.rundir.path}: summary.json, points.csv, table.txt, plots/; each run's "
                   "own files in runs/NNN/")
@@ -275,7 +276,7 @@ def summary_row(rundir, cfg, replicate) -> dict:
                 walk(f"{prefix}{k}/", v)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             row[prefix[:-1]] = value
-    walk("", summary)
+    walk("", {k: v for k, v in summary.items() if k != "provenance"})
     if HEADLINE not in row and f"final/{HEADLINE}" in row:
         row[HEADLINE] = row[f"final/{HEADLINE}"]
     return row
@@ -303,14 +304,18 @@ def summarize(points: list, axes: dict, experiment: str, seconds: float) -> dict
     for members in groups.values():
         row = {short(k): fmt(members[0]["values"][k]) for k in shown}
         for key in headlines(points):
-            values = [m["row"].get(key, float("nan")) for m in members]
-            row[f"{key} (%)"] = f"{100 * np.mean(values):.2f}±{100 * np.std(values):.2f}"
-        row["replicates"] = str(len(members))
+            row[f"final {key} (%)"] = pm(spread([m["row"].get(key, float("nan")) for m in members]))
         if "density" in members[0]["row"]:
             row["% remaining"] = f"{100 * members[0]['row']['density']:.2f}"
         table.append(row)
     return {"experiment": "sweep", "swept_experiment": experiment, "axes": axes, "points": points, "table": table,
             "wall_seconds": seconds}
+
+
+def tables(summary: dict, rundir=None) -> list:
+    return [table(f"Final {HEADLINE.replace('_', ' ')} (%) after the last step, at each combination of the "
+                  "axes other than the replicate; mean ± sample std (ddof 1) over replicates, n = replicates",
+                  summary["table"])]
 
 
 def write_csv(path: str, points: list, axes: dict) -> None:
@@ -349,14 +354,14 @@ def draw(rundir, summary: dict, points: list) -> list:
         xs = [x for x in xs_all if x in by_x]
         pos = [float(x) for x in xs] if x_axis in numeric else [xs_all.index(x) for x in xs]
         mean = np.array([np.mean(by_x[x]) for x in xs]) * 100
-        std = np.array([np.std(by_x[x]) for x in xs]) * 100
+        std = np.array([spread(by_x[x])["std"] or 0.0 for x in xs]) * 100
         ax.errorbar(pos, mean, yerr=std, marker="o", capsize=3, label=name or None)
     if x_axis not in numeric:
         ax.set_xticks(range(len(xs_all)), xs_all)
     ax.set_xlabel(x_axis)
     ax.set_ylabel(points[0]["row"].get("series", {}).get("y_label", f"{HEADLINE.replace('_', ' ')} (%)")
                   + (" at the sparsest level" if "series" in points[0]["row"] else ""))
-    ax.set_title(f"{summary['swept_experiment']} sweep, mean ± std over replicates")
+    ax.set_title(f"{summary['swept_experiment']} sweep, mean ± sample std over replicates")
     if any(lines):
         ax.legend(fontsize=7)
     paths.append(rundir.file("plots", "sweep.png"))
@@ -375,7 +380,8 @@ def draw_series(rundir, summary, points, axes) -> str:
     for name, series in lines.items():
         x = np.array(series[0]["x"]) * 100
         y = np.array([s["y"] for s in series]) * 100
-        ax.errorbar(x, y.mean(0), yerr=y.std(0), marker="o", ms=3, capsize=2, label=name or None)
+        ax.errorbar(x, y.mean(0), yerr=y.std(0, ddof=1) if len(y) > 1 else None, marker="o", ms=3, capsize=2,
+                    label=name or None)
     ax.set_xscale("log")
     ticks = sorted({round(100 * d, 3) for s in lines.values() for d in s[0]["x"]})
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
@@ -384,7 +390,7 @@ def draw_series(rundir, summary, points, axes) -> str:
     first = points[0]["row"]["series"]
     ax.set_xlabel(first["x_label"])
     ax.set_ylabel(first["y_label"])
-    ax.set_title(f"{summary['swept_experiment']} sweep, mean ± std over replicates")
+    ax.set_title(f"{summary['swept_experiment']} sweep, mean ± sample std over replicates")
     if axes:
         ax.legend(fontsize=7)
     path = rundir.file("plots", "sweep_density.png")

@@ -143,7 +143,10 @@ class RunDir:
         return self._tb
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.file("summary.json"), summary)
+        """summary.json, with where its numbers came from (`lth_jax.provenance`) under "provenance"."""
+        from lth_jax import provenance
+        config = read_json(self.file("config.json"))
+        write_json(self.file("summary.json"), {**summary, "provenance": provenance.record(config)})
 
     def close(self):
         if self._tb is not None:

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files whose bytes depend on the run's history, not its numbers: orbax checkpoints
 # (timestamps), TensorBoard events (wall times), set-aside damaged checkpoints.
 SKIPPED_DIRS = {"checkpoints", "tensorboard", "damaged"}
-WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds"}
+# provenance: the command names the workdir, and the date and commit of the finishing process
+WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds", "provenance"}
 
 
 # The runs of one test session share JAX's persistent compilation cache: a

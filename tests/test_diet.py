@@ -173,11 +173,28 @@ def test_lottery_on_a_data_diet_pretrains_on_the_subset(tmp_path, monkeypatch):
 
 def test_scoring_only_run(tmp_path, capsys):
     cfg = tiny(diet__fractions=(), diet__full_data=False, diet__score_epochs=0.0,
-               diet__scores=("el2n", "grand", "input_norm"), diet__selections=("random",))
+               diet__scores=("el2n", "grand", "grand_init", "input_norm"), diet__selections=("random",))
     summary = diet.run(cfg, str(tmp_path / "scores_only"), progress=False)
     assert summary["test_accuracy"] == {}
-    assert set(summary["spearman"]) == {"el2n vs grand", "el2n vs input_norm", "grand vs input_norm"}
+    assert set(summary["spearman"]) == {"el2n vs grand", "el2n vs grand_init", "el2n vs input_norm",
+                                        "grand vs grand_init", "grand vs input_norm", "grand_init vs input_norm"}
     assert "Spearman" in capsys.readouterr().out
+    with np.load(os.path.join(tmp_path, "scores_only", "scores", "scores.npz")) as f:
+        np.testing.assert_array_equal(f["grand_init"], f["grand"])  # scored at initialisation, both are GraNd at init
+
+
+def test_grand_init_scores_the_members_at_initialisation_after_they_trained(tmp_path):
+    """One run gives GraNd at init and the scores after `score_epochs` (Kirsch 2023's comparison)."""
+    trained = diet.run(tiny(diet__fractions=(), diet__full_data=False, diet__scores=("grand", "grand_init"),
+                            diet__selections=("random",)), str(tmp_path / "trained"), progress=False)
+    at_init = diet.run(tiny(diet__fractions=(), diet__full_data=False, diet__score_epochs=0.0,
+                            diet__scores=("grand",), diet__selections=("random",)), str(tmp_path / "init"),
+                       progress=False)
+    assert trained["score_steps"] > 0 and at_init["score_steps"] == 0
+    with np.load(os.path.join(tmp_path, "trained", "scores", "scores.npz")) as a, \
+            np.load(os.path.join(tmp_path, "init", "scores", "scores.npz")) as b:
+        np.testing.assert_allclose(a["grand_init"], b["grand"], rtol=1e-5)
+        assert not np.allclose(a["grand"], a["grand_init"], rtol=1e-2)
 
 
 def test_stack_take_unstack_roundtrip():

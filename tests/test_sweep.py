@@ -118,13 +118,13 @@ def test_diet_sweep_killed_in_its_second_run_resumes_identical(tmp_path):
         assert float(row["test_accuracy"]) == pytest.approx(member["final_test_accuracy"], abs=1e-12)
         assert int(row["kept"]) == result["kept"]
     summary = json.loads((ref / "summary.json").read_text())
-    assert len(summary["table"]) == 8 and all(r["replicates"] == "2" for r in summary["table"])
+    assert len(summary["table"]) == 8 and all(r["final test_accuracy (%)"].endswith("(n=2)") for r in summary["table"])
     by_point = {(r["diet.score_epochs"], r["diet.fractions"], r["diet.selections"]): [] for r in rows}
     for r in rows:
         by_point[(r["diet.score_epochs"], r["diet.fractions"], r["diet.selections"])].append(float(r["test_accuracy"]))
     first = summary["table"][0]
     values = by_point[(first["score_epochs"], first["fractions"], first["selections"])]
-    assert first["test_accuracy (%)"] == f"{100 * np.mean(values):.2f}±{100 * np.std(values):.2f}"
+    assert first["final test_accuracy (%)"] == f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} (n=2)"
     assert (ref / "table.txt").read_text().count("\n") == 10  # header, rule, 8 rows
     os.remove(ref / "plots" / "sweep.png")
     assert report.redraw(str(ref)) == [str(ref / "plots" / "sweep.png")] and (ref / "plots" / "sweep.png").exists()
@@ -170,8 +170,8 @@ def test_lottery_rows_series_table_and_redraw_with_tuple_values(tmp_path):
               for i, (w, r) in enumerate([((32,), 0), ((32,), 1), ((64,), 0), ((64,), 1)])]
     summary = sweep.summarize(points, axes, "lottery", 1.0)
     want = [acc[2, 0], acc[2, 1]]
-    assert summary["table"][0] == {"widths": "(32,)", "test_accuracy (%)": f"{100 * np.mean(want):.2f}±"
-                                   f"{100 * np.std(want):.2f}", "replicates": "2", "% remaining": "64.00"}
+    assert summary["table"][0] == {"widths": "(32,)", "final test_accuracy (%)": f"{100 * np.mean(want):.2f} ± "
+                                   f"{100 * np.std(want, ddof=1):.2f} (n=2)", "% remaining": "64.00"}
     sweepdir = sweep.RunDir(str(tmp_path / "sweep"))
     sweep.write_json(sweepdir.file("config.json"), {"experiment": "sweep"})
     sweep.write_json(sweepdir.file("summary.json"), summary)  # tuples become lists here
@@ -193,5 +193,5 @@ def test_a_diet_point_covering_several_fractions_shows_each(tmp_path):
                    "random@1/test_accuracy": 0.6, "random@1/best_test_accuracy": 0.6 + 0.125, "random@1/kept": 100}
     points = [{"point": 0, "values": {"optimizer.learning_rate": 1e-3}, "run": "runs/000", "replicate": 0, "row": row}]
     table = sweep.summarize(points, {"optimizer.learning_rate": [1e-3]}, "diet", 1.0)["table"]
-    assert table == [{"learning_rate": "0.001", "random@0.3/test_accuracy (%)": "40.00±0.00",
-                      "random@1/test_accuracy (%)": "60.00±0.00", "replicates": "1"}]
+    assert table == [{"learning_rate": "0.001", "final random@0.3/test_accuracy (%)": "40.00 (n=1)",
+                      "final random@1/test_accuracy (%)": "60.00 (n=1)"}]

@@ -4,7 +4,9 @@ the training set by score, train on what is left (Paul et al. 2021).
 1. Scoring: K members with independent initialisations and data orders train
    together (one compiled program) for `diet.score_epochs` epochs (0 = score at
    initialisation); then EL2N, GraNd, input norm (and forgetting events, counted
-   at every evaluation during scoring) are computed for every member, all
+   at every evaluation during scoring; and ``grand_init``, GraNd of the same
+   members at initialisation, so one run compares GraNd at init with the
+   scores after training, as Kirsch 2023 does) are computed for every member, all
    members at once, in chunks. Written to ``scores/scores.npz`` with the example
    indices (canonical order of the training split), per-member scores, their
    means and the fingerprint of the examples scored.
@@ -36,7 +38,7 @@ from lth_jax.stages import Stage
 from lth_jax.train import create_state, init_variables
 from lth_jax.workdir import RunDir
 
-SCORES = ("el2n", "grand", "input_norm", "forgetting")
+SCORES = ("el2n", "grand", "grand_init", "input_norm", "forgetting")
 # lth_jax.sweep: axes one diet run stacks (a run trains the union of the points' values) and the
 # count its `replicate` axis sets
 SWEEP_STACKED = ("diet.fractions", "diet.selections")
@@ -156,8 +158,8 @@ class Diet:
         x, y = ds.x_train, ds.y_train
         forgetting = "forgetting" in self.d.scores
         names = [f"member/{m}" for m in range(K)]
-        state = stage.begin(self.member_states([jax.random.fold_in(self.keys["init"], 10_000 + m)
-                                                for m in range(K)]))
+        init_keys = [jax.random.fold_in(self.keys["init"], 10_000 + m) for m in range(K)]
+        state = stage.begin(self.member_states(init_keys))
         steps = int(round(self.d.score_epochs * self.parts.trainer.steps_per_epoch()))
 
         def keep_correct(st, record):
@@ -178,8 +180,9 @@ class Diet:
             if name == "el2n":
                 per_member[name] = scores.ensemble(scores.el2n, self.apply_fn, variables, x, y,
                                                    chunk_size=self.d.chunk_size or None)
-            elif name == "grand":
-                per_member[name] = scores.ensemble(scores.grand, self.apply_fn, variables, x, y,
+            elif name in ("grand", "grand_init"):  # grand_init: the same members at initialisation
+                at = self.member_states(init_keys).variables if name == "grand_init" else variables
+                per_member[name] = scores.ensemble(scores.grand, self.apply_fn, at, x, y,
                                                    chunk_size=self.d.chunk_size or None, model=self.parts.model)
             elif name == "input_norm":
                 per_member[name] = np.asarray(scores.input_norm(x))[None]
@@ -284,6 +287,11 @@ def sweep_row(rundir, cfg, replicate: int) -> dict:
         row.update({f"{prefix}test_accuracy": m["final_test_accuracy"],
                     f"{prefix}best_test_accuracy": m["best_test_accuracy"], f"{prefix}kept": result["kept"]})
     return row
+
+
+def tables(summary: dict, rundir) -> list:
+    """The run's tables (printed at its end and by ``python -m lth_jax.report WORKDIR --markdown``)."""
+    return diet_report.tables(summary, rundir)
 
 
 def redraw(rundir, config) -> list:

@@ -5,7 +5,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from lth_jax import subsets
-from lth_jax.figures import format_table, pyplot, save_figure
+from lth_jax.figures import print_tables, pyplot, save_figure, table as make_table
+from lth_jax.stats import paired, pm, pm_diff, spread
 
 
 def summarize(results: list, table: dict, flipped, d, seconds: float) -> dict:
@@ -13,11 +14,11 @@ def summarize(results: list, table: dict, flipped, d, seconds: float) -> dict:
     for res in results:
         by_sel = {}
         for name, m in res["members"].items():
-            by_sel.setdefault(name.split("/")[0], []).append(m["final_test_accuracy"])
+            sel, seed = name.split("/")
+            by_sel.setdefault(sel, []).append((int(seed), m["final_test_accuracy"]))
         for sel, values in by_sel.items():
             accuracy.setdefault(sel, {})[f"{res['fraction']:g}"] = {
-                "mean": float(np.mean(values)), "std": float(np.std(values)), "values": values,
-                "kept": res["kept"]}
+                **spread([v for _, v in values]), "seeds": [r for r, _ in values], "kept": res["kept"]}
     names = [k for k in table if k.endswith("_mean")]
     correlations = {}
     for i, a in enumerate(names):
@@ -33,21 +34,40 @@ def summarize(results: list, table: dict, flipped, d, seconds: float) -> dict:
     return out
 
 
-def print_summary(summary: dict) -> None:
+SPREAD = "mean ± sample std (ddof 1) over seeds, n = seeds"
+
+
+def tables(summary: dict, rundir=None) -> list:
+    """Accuracy per selection and kept fraction; each selection minus random (paired by seed: seed r
+    shares its initialisation and data order across selections); score correlations; flipped labels."""
     acc = summary["test_accuracy"]
     fractions = sorted({f for sel in acc.values() for f in sel}, key=float)
-    rows = [{"selection": sel, **{f"keep {f}": f"{100 * v[f]['mean']:.2f}±{100 * v[f]['std']:.2f}"
-                                  for f in fractions if f in v}} for sel, v in acc.items()]
-    if rows:
-        print("test accuracy (%) after training on the kept examples, mean±std over seeds")
-        print(format_table(rows, ["selection"] + [f"keep {f}" for f in fractions]))
+    rows = [{"selection": sel, **{f"keep {f}": pm(v[f]) for f in fractions if f in v}} for sel, v in acc.items()]
+    out = [make_table(f"Test accuracy (%) after the last step of training on the kept examples; {SPREAD}", rows,
+                      ["selection"] + [f"keep {f}" for f in fractions])]
+    if "random" in acc:
+        def seeds(v):
+            return dict(zip(v["seeds"], v["values"]))
+        diffs = [{"selection": f"{sel} - random", **{f"keep {f}": pm_diff(paired(seeds(v[f]), seeds(acc["random"][f])))
+                                                     for f in fractions if f in v and f in acc["random"]}}
+                 for sel, v in acc.items() if sel not in ("random", "full")]
+        out.append(make_table("Selection minus random, test accuracy (points); paired by seed, mean ± sample std, "
+                              "two-sided paired t-test p", diffs, ["selection"] + [f"keep {f}" for f in fractions]))
     if summary["spearman"]:
-        print("Spearman correlation of mean scores: " +
-              ", ".join(f"{k} {v:+.3f}" for k, v in summary["spearman"].items()))
+        out.append(make_table(f"Spearman correlation of the ensemble-mean scores over the training examples "
+                              f"(scores after {summary['score_steps']} steps; grand_init at initialisation)",
+                              [{"scores": k, "Spearman": f"{v:+.3f}"} for k, v in summary["spearman"].items()]))
     if "label_noise" in summary:
         ln = summary["label_noise"]
-        print(f"finding the {ln['flipped']} flipped labels: " + ", ".join(
-            f"{k} AUROC {v:.3f} / precision {ln['precision_at_noise_rate'][k]:.3f}" for k, v in ln["auroc"].items()))
+        out.append(make_table(f"Finding the {ln['flipped']} flipped labels: AUROC of each score, and the share of "
+                              f"flipped examples among its top {ln['flipped']}",
+                              [{"score": k, "AUROC": f"{v:.3f}", "precision": f"{ln['precision_at_noise_rate'][k]:.3f}"}
+                               for k, v in ln["auroc"].items()]))
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    print_tables(tables(summary))
 
 
 def draw(rundir, summary: dict, table: dict, flipped) -> list:
@@ -57,7 +77,7 @@ def draw(rundir, summary: dict, table: dict, flipped) -> list:
     for sel, by_f in summary["test_accuracy"].items():
         fs = sorted(by_f, key=float)
         mean = np.array([by_f[f]["mean"] for f in fs]) * 100
-        std = np.array([by_f[f]["std"] for f in fs]) * 100
+        std = np.array([by_f[f]["std"] or 0.0 for f in fs]) * 100
         x = [100 * float(f) for f in fs]
         if sel == "full":
             ax.axhline(mean[0], color="gray", ls="--", lw=1, label="full data")

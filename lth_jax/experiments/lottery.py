@@ -364,6 +364,11 @@ def sweep_row(rundir, cfg, replicate: int) -> dict:
     return row
 
 
+def tables(summary: dict, rundir) -> list:
+    """The run's tables (printed at its end and by ``python -m lth_jax.report WORKDIR --markdown``)."""
+    return lottery_report.tables(summary, rundir)
+
+
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
     paths = lottery_report.draw(rundir, summary)

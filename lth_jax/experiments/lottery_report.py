@@ -1,12 +1,14 @@
 """Per-level results, the summary, the table and the plots of a lottery run."""
 from __future__ import annotations
 
+import os
 
 import numpy as np
 
 from lth_jax import ensemble
 from lth_jax import masks as masks_lib
-from lth_jax.figures import band, format_table, pm, pyplot, remaining_axis, save_figure
+from lth_jax.figures import band, print_tables, pyplot, remaining_axis, save_figure, table
+from lth_jax.stats import paired, pm, pm_diff, spread
 from lth_jax.workdir import read_json
 
 METRICS = ("final_test_accuracy", "final_test_loss", "best_test_accuracy", "min_val_loss",
@@ -41,14 +43,15 @@ def level_result(level: int, names: list, records: list, stacked_mask) -> dict:
 
 
 def aggregate(result: dict) -> dict:
-    """{kind: {metric: {"mean", "std", "values"}}} over replicates."""
+    """{kind: {metric: spread (mean, sample std, n, values) and "replicates"}} over replicates; a member
+    is named "kind/replicate"."""
     kinds = {}
     for name, m in result["members"].items():
-        kind = name.split("/")[0]
+        kind, replicate = name.split("/")
         for metric in (x for x in METRICS if x in m):
-            kinds.setdefault(kind, {}).setdefault(metric, []).append(m[metric])
-    return {kind: {metric: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v}
-                   for metric, v in ms.items()} for kind, ms in kinds.items()}
+            kinds.setdefault(kind, {}).setdefault(metric, []).append((int(replicate), m[metric]))
+    return {kind: {metric: {**spread([v for _, v in rv]), "replicates": [r for r, _ in rv]}
+                   for metric, rv in ms.items()} for kind, ms in kinds.items()}
 
 
 def summarize(rundir, levels: int, seconds: float) -> dict:
@@ -61,11 +64,19 @@ def summarize(rundir, levels: int, seconds: float) -> dict:
         entry["density_all"] = entry["kinds"][main]["density_all"]["mean"]
         if "instability" in result:
             entry["instability_barrier"] = result["instability"]["barrier_mean"]
+            entry["instability"] = spread([r["barrier"] for r in result["instability"]["replicates"]])
         out.append(entry)
     return {"experiment": "lottery", "levels": out, "wall_seconds": seconds}
 
 
-def table_rows(summary: dict) -> list:
+def by_replicate(stat: dict) -> dict:
+    return dict(zip(stat["replicates"], stat["values"]))
+
+
+def accuracy_table(summary: dict, metric: str, title: str) -> dict:
+    """One row per level: the ticket (the dense net at level 0), its paired difference with the dense net
+    of the same replicate, and each control with the ticket's paired difference from it."""
+    dense = summary["levels"][0]["kinds"]["dense"][metric]
     rows = []
     for entry in summary["levels"]:
         k = entry["kinds"]
@@ -73,22 +84,57 @@ def table_rows(summary: dict) -> list:
         row = {"level": entry["level"], "% remaining": f"{100 * entry['density']:.2f}"}
         if "unit_density" in main:
             row["% units"] = f"{100 * main['unit_density']['mean']:.1f}"
-        row.update({"ticket acc": pm(main["early_stop_test_accuracy"]),
-                    "ticket es-iter": f"{main['early_stop_step']['mean']:.0f}"})
+        row["ticket"] = pm(main[metric]) + ("" if "ticket" in k else " (dense)")
+        if metric == "early_stop_test_accuracy":
+            row["ticket es-iter"] = f"{main['early_stop_step']['mean']:.0f}"
+        if "ticket" in k:
+            row["ticket - dense"] = pm_diff(paired(by_replicate(main[metric]), by_replicate(dense)))
         for c in CONTROLS:
             if c in k:
-                row[f"{c} acc"] = pm(k[c]["early_stop_test_accuracy"])
-        if "instability_barrier" in entry:
-            row["instability"] = f"{entry['instability_barrier']:.4f}"
+                row[c] = pm(k[c][metric])
+                row[f"ticket - {c}"] = pm_diff(paired(by_replicate(main[metric]), by_replicate(k[c][metric])))
         rows.append(row)
-    return rows
+    return table(title, rows, list(dict.fromkeys(c for r in rows for c in r)))
+
+
+SPREAD = "mean ± sample std (ddof 1) over replicates, n = replicates; 'a - b': paired by replicate, with the " \
+         "two-sided paired t-test's p"
+
+
+def tables(summary: dict, rundir=None) -> list:
+    """Every table of a lottery run: accuracy at the early-stopping iteration and at the last step (both,
+    under headings that say which), dead-neuron rates and instability when measured, and, when the run
+    has robustness.json, its tables."""
+    out = [accuracy_table(summary, "early_stop_test_accuracy",
+                          f"Test accuracy (%) at the early-stopping iteration (minimum validation loss); {SPREAD}"),
+           accuracy_table(summary, "final_test_accuracy", f"Test accuracy (%) after the last step; {SPREAD}")]
+    if any("final_dead_dynamic" in k for e in summary["levels"] for k in e["kinds"].values()):
+        rows = []
+        for e in summary["levels"]:
+            row = {"% remaining": f"{100 * e['density']:.2f}"}
+            for kind, stats in e["kinds"].items():
+                if "final_dead_dynamic" in stats:
+                    row[kind] = (f"{pm(stats['final_dead_dynamic'], digits=1)} / "
+                                 f"{100 * stats['final_dead_static']['mean']:.1f}")
+            rows.append(row)
+        out.append(table("Dead ReLU units at the end of training (%, validation set, hidden layers pooled): "
+                         f"dynamic rate (share of (example, unit) outputs exactly 0, {SPREAD.split(';')[0]}) / "
+                         "static rate (share of units 0 on every example, mean)", rows))
+    unstable = [e for e in summary["levels"] if "instability" in e]
+    if unstable:
+        rows = [{"level": e["level"], "% remaining": f"{100 * e['density']:.2f}",
+                 "error barrier (points)": pm(e["instability"])} for e in unstable]
+        out.append(table("Instability (linear mode connectivity, Frankle et al. 2020): the largest test error on "
+                         "the straight line between two copies trained with different data orders, minus the mean "
+                         f"of the end points' errors; {SPREAD.split(';')[0]}", rows))
+    if rundir is not None and os.path.exists(rundir.file("robustness.json")):
+        from lth_jax import robustness  # it imports this module
+        out += robustness.tables(read_json(rundir.file("robustness.json")))
+    return out
 
 
 def print_summary(summary: dict) -> None:
-    rows = table_rows(summary)
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    print("test accuracy (%) at the early-stopping iteration, mean±std over replicates")
-    print(format_table(rows, columns))
+    print_tables(tables(summary))
 
 
 def draw(rundir, summary: dict) -> list:

@@ -215,5 +215,10 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     return PruneAtInit(cfg, workdir, progress).run(overwrite)
 
 
+def tables(summary: dict, rundir) -> list:
+    """The run's tables (printed at its end and by ``python -m lth_jax.report WORKDIR --markdown``)."""
+    return prune_at_init_report.tables(summary, rundir)
+
+
 def redraw(rundir, config) -> list:
     return prune_at_init_report.draw(rundir, read_json(rundir.file("summary.json")))

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lth_jax.experiments.lottery_report import aggregate
-from lth_jax.figures import band, format_table, pm, pyplot, remaining_axis, save_figure
+from lth_jax.experiments.lottery_report import aggregate, by_replicate
+from lth_jax.figures import band, print_tables, pyplot, remaining_axis, save_figure, table
+from lth_jax.stats import paired, pm, pm_diff
 
 COLORS = {"snip": "tab:blue", "grasp": "tab:orange", "synflow": "tab:green", "magnitude": "tab:red",
           "random": "tab:gray"}
@@ -50,27 +51,30 @@ def nearest_ticket(summary: dict, density: float) -> dict | None:
 
 
 def control_rows(summary: dict) -> list:
-    """The sanity checks: control minus method, in points of accuracy (means over replicates)."""
+    """The sanity checks: control minus method, in points of accuracy, paired by replicate."""
     rows = []
     for e in summary["levels"]:
         for c in summary["controls"]:
             row = {"% remaining": f"{100 * e['density']:.2f}", "control": c}
             for m in summary["methods"]:
-                diff = e["kinds"][f"{m}+{c}"][METRIC]["mean"] - e["kinds"][m][METRIC]["mean"]
-                row[m] = f"{100 * diff:+.2f}"
+                row[m] = pm_diff(paired(by_replicate(e["kinds"][f"{m}+{c}"][METRIC]),
+                                        by_replicate(e["kinds"][m][METRIC])))
             rows.append(row)
     return rows
 
 
-def print_summary(summary: dict) -> None:
-    print("test accuracy (%) at the early-stopping iteration, mean±std over replicates "
-          "(* = some replicate lost a whole layer)")
-    rows = table_rows(summary)
-    print(format_table(rows, list(dict.fromkeys(c for r in rows for c in r))))
+def tables(summary: dict, rundir=None) -> list:
+    out = [table("Test accuracy (%) at the early-stopping iteration (minimum validation loss); mean ± sample std "
+                 "(ddof 1) over replicates, n = replicates (* = some replicate lost a whole layer)", table_rows(summary))]
     if summary["controls"]:
-        print("controls minus the method's own mask (points; Frankle et al. 2021: near 0 for methods at init)")
-        rows = control_rows(summary)
-        print(format_table(rows, list(rows[0])))
+        out.append(table("Control minus the method's own mask, test accuracy at the early-stopping iteration "
+                         "(points; Frankle et al. 2021: near 0 for methods at init); paired by replicate, mean ± "
+                         "sample std, two-sided paired t-test p", control_rows(summary)))
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    print_tables(tables(summary))
 
 
 def draw(rundir, summary: dict) -> list:

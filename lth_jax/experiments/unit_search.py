@@ -228,6 +228,11 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     return UnitSearch(cfg, workdir, progress).run(overwrite)
 
 
+def tables(summary: dict, rundir) -> list:
+    """The run's tables (printed at its end and by ``python -m lth_jax.report WORKDIR --markdown``)."""
+    return unit_search_report.tables(summary, rundir)
+
+
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
     results = [read_json(rundir.file("sparsity", f"{s:g}", "result.json")) for s in summary["sparsities"]]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from lth_jax.figures import band, format_table, pm, pyplot, save_figure
+from lth_jax.figures import band, print_tables, pyplot, save_figure, table
+from lth_jax.stats import paired, pm, pm_diff, spread
 
 GROUPS = ("searched", "random", "magnitude")
 STYLE = {"searched": ("tab:blue", "o"), "random": ("tab:orange", "s"), "magnitude": ("tab:green", "^")}
@@ -50,8 +51,11 @@ def sparsity_result(sparsity, names, records, unit_sets, replicates, n, keep, cr
     return out
 
 
-def _stat(values) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+def _per_replicate_mean(members: dict, names: list, metric: str) -> dict:
+    by = {}
+    for name in names:
+        by.setdefault(int(name.split("/")[1]), []).append(members[name][metric])
+    return {r: float(np.mean(v)) for r, v in by.items()}
 
 
 def summarize(dense: dict, results: list, widths: dict, seconds: float) -> dict:
@@ -59,9 +63,12 @@ def summarize(dense: dict, results: list, widths: dict, seconds: float) -> dict:
     entries = []
     for res in results:
         m = res["members"]
-        entry = {"sparsity": res["sparsity"], "groups": {}}
+        entry = {"sparsity": res["sparsity"], "groups": {}, "searched_minus_random": {}}
         for group in GROUPS:
-            entry["groups"][group] = {k: _stat([m[name][k] for name in res["chosen"][group]]) for k in METRICS}
+            entry["groups"][group] = {k: spread([m[name][k] for name in res["chosen"][group]]) for k in METRICS}
+        for k in ("early_stop_test_accuracy", "final_test_accuracy"):
+            entry["searched_minus_random"][k] = paired(_per_replicate_mean(m, res["chosen"]["searched"], k),
+                                                       _per_replicate_mean(m, res["chosen"]["random"], k))
         cands = [v for k, v in m.items() if k.startswith("candidate_")]
         rho = spearmanr([c["criterion"] for c in cands], [c["final_test_accuracy"] for c in cands])[0]
         entry["criterion_spearman"] = None if np.isnan(rho) else float(rho)  # low loss vs high accuracy: < 0
@@ -69,30 +76,32 @@ def summarize(dense: dict, results: list, widths: dict, seconds: float) -> dict:
         entries.append(entry)
     return {"experiment": "unit_search", "sparsities": [r["sparsity"] for r in results],
             "hidden_units": int(sum(widths.values())), "layers": ["/".join(g) for g in widths],
-            "dense": {k: _stat([d[k] for d in dense_m]) for k in METRICS},
+            "dense": {k: spread([d[k] for d in dense_m]) for k in METRICS},
             "levels": entries, "wall_seconds": seconds}
 
 
-def table_rows(summary: dict) -> list:
+def tables(summary: dict, rundir=None) -> list:
     rows = []
     for e in summary["levels"]:
         g = e["groups"]
         row = {"node sparsity": f"{100 * e['sparsity']:.0f}%", "units kept": e["units_kept"]}
         for group in GROUPS:
-            row[f"{group} acc"] = pm(g[group]["early_stop_test_accuracy"])
+            row[group] = pm(g[group]["early_stop_test_accuracy"])
+        row["searched - random"] = pm_diff(e["searched_minus_random"]["early_stop_test_accuracy"])
         for group in ("searched", "random"):
             row[f"{group} es-iter"] = f"{g[group]['early_stop_step']['mean']:.0f}"
         rho = e["criterion_spearman"]
         row["criterion rho"] = "n/a" if rho is None else f"{rho:+.2f}"
         rows.append(row)
-    return rows
+    return [table("Test accuracy (%) at the early-stopping iteration (minimum validation loss); mean ± sample std "
+                  "(ddof 1) over the members of each set, n = members; searched - random: the difference of the two "
+                  "sets' means within each replicate, paired over replicates (two-sided paired t-test p); dense "
+                  f"parent {pm(summary['dense']['early_stop_test_accuracy'])}; criterion rho: Spearman of the "
+                  "candidates' criterion (validation loss) with their final test accuracy", rows)]
 
 
 def print_summary(summary: dict) -> None:
-    print(f"test accuracy (%) at the early-stopping iteration, mean±std; dense {pm(summary['dense']['early_stop_test_accuracy'])}"
-          f"; criterion rho: Spearman of the candidates' criterion (val loss) with their final test accuracy")
-    rows = table_rows(summary)
-    print(format_table(rows, list(rows[0])))
+    print_tables(tables(summary))
 
 
 def draw(rundir, summary: dict, results: list) -> list:
