@@ -8,7 +8,8 @@
 Not part of the test suite. docs/results.in.md holds the prose; in it, a line
 ``{{report NAME}}`` becomes the markdown of ``python -m lth_jax.report
 runs/NAME --markdown`` (the command, the commit and config hash that made the
-run, and its tables), and ``{{figure NAME PLOT IMAGE}}`` copies the run's
+run, and its tables; ``{{report NAME 1,3}}`` its tables 1 and 3, the command
+only where the run is first named), and ``{{figure NAME PLOT IMAGE}}`` copies the run's
 ``plots/PLOT`` to ``docs/img/IMAGE`` and shows it. A killed reproduction
 resumes: each run resumes where it stopped, finished runs are skipped.
 """
@@ -81,12 +82,13 @@ def run(name: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {time.time() - t0:.0f} s", flush=True)
 
 
-def report(name: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "lth_jax.report", workdir(name), "--markdown"], cwd=ROOT,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"report of {name} failed: {out.stderr.strip()}")
-    return out.stdout.rstrip("\n")
+def report(name: str, only: list, header: bool) -> str:
+    from lth_jax import report as report_lib
+    from lth_jax.errors import LthError
+    try:
+        return report_lib.markdown(os.path.join(ROOT, workdir(name)), only, header).rstrip("\n")
+    except LthError as e:
+        raise SystemExit(f"report of {name}: {e}") from None
 
 
 def commits(names) -> dict:
@@ -109,8 +111,9 @@ def build() -> None:
         used.append(args[0])
         if args[0] not in RUNS:
             raise SystemExit(f"results.in.md names run {args[0]!r}, which docs/reproduce.py does not make")
-        if kind == "report":
-            return report(args[0])
+        if kind == "report":  # {{report NAME}} or {{report NAME 1,2}}: those tables; the command once per run
+            only = [int(i) for i in args[1].split(",")] if len(args) > 1 else None
+            return report(args[0], only, header=used.count(args[0]) == 1)
         name, plot, image = args
         shutil.copyfile(os.path.join(ROOT, workdir(name), "plots", plot), os.path.join(DOCS, "img", image))
         return f"![{name}: {plot}](img/{image})"

@@ -62,14 +62,23 @@ def tables(workdir: str) -> list:
     return experiments.get(experiment).tables(summary, rundir)
 
 
-def markdown(workdir: str) -> str:
-    """The command, the provenance line and every table of a finished run, as markdown."""
+def markdown(workdir: str, only: list | None = None, header: bool = True) -> str:
+    """The command, the provenance line and every table (or the tables numbered `only`, from 1) of a
+    finished run, as markdown."""
     rundir, config, summary = _finished(workdir)
+    found = tables(workdir)
+    if only:
+        bad = [i for i in only if not 1 <= i <= len(found)]
+        if bad:
+            raise LthError(f"{workdir} has {len(found)} tables; no table {bad[0]}")
+        found = [found[i - 1] for i in only]
+    if not header:
+        return figures.markdown_tables(found)
     prov = summary.get("provenance")
     command = (prov or {}).get("command") or f"(not started from the command line; workdir {workdir})"
     wall = summary.get("wall_seconds")
     lines = [f"    {command}", "", provenance.describe(prov) + (f"; {wall:.0f} s" if wall is not None else "") + ".", ""]
-    return "\n".join(lines) + figures.markdown_tables(tables(workdir))
+    return "\n".join(lines) + figures.markdown_tables(found)
 
 
 def main(argv=None) -> int:
