@@ -70,3 +70,15 @@ def test_regression_targets_of_another_shape_than_the_outputs_are_refused():
     variables = model.init(jax.random.key(0), x[:1])
     one_line(lambda: fit(model, variables, optax.sgd(0.1), (x, x[:, 0]), 5, loss="squared"),
              r"training targets have shape \(\) per example, the model outputs \(1,\)")
+
+
+def test_a_parameter_tree_where_a_mask_belongs_is_refused(tmp_path):
+    _, variables, _, _ = setup()
+    params = variables["params"]
+    for call, name in [(masks.density, "masks.density"), (masks.count, "masks.count"),
+                       (masks.densities, "masks.densities"),
+                       (lambda p: masks.save(str(tmp_path / "mask.npz"), p), "masks.save"),
+                       (lambda p: units.alive_units(p, None), "units.alive_units"),
+                       (jax.jit(masks.density), "masks.density")]:
+        one_line(lambda: call(params), rf"{name}: leaf 'BatchNorm_0/bias' has dtype float32, a mask has boolean")
+    assert not (tmp_path / "mask.npz").exists() and masks.density(masks.ones_like(params)) == 1.0
