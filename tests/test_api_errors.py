@@ -82,3 +82,13 @@ def test_a_parameter_tree_where_a_mask_belongs_is_refused(tmp_path):
                        (jax.jit(masks.density), "masks.density")]:
         one_line(lambda: call(params), rf"{name}: leaf 'BatchNorm_0/bias' has dtype float32, a mask has boolean")
     assert not (tmp_path / "mask.npz").exists() and masks.density(masks.ones_like(params)) == 1.0
+
+
+def test_grand_method_accepts_a_stack_like_grand():
+    model, variables, x, y = setup()
+    apply_fn = lambda v, xb: model.apply(v, xb)  # noqa: E731
+    stacked = ensemble.stack([variables, variables])
+    assert scores.grand_method(apply_fn, stacked, x[:8], model=model) == \
+        scores.grand_method(apply_fn, variables, x[:8], model=model)
+    assert scores.grand_method(apply_fn, stacked, x[:8], model=model)[0] == "fast"
+    assert scores.grand(apply_fn, stacked, x[:8], y[:8], model=model).shape == (2, 8)
