@@ -9,10 +9,13 @@ Leaves are named by their '/'-joined path (``dense_0/kernel``, see
 `lth_jax.trees`), the same names used by `pruning` overrides and by the
 ``mask.npz`` files.
 
-Every function here that takes a mask checks it against the parameters with
-`check` (same leaves, same shapes, boolean dtype) and raises one LthError
-naming the first leaf that is wrong. The checks look only at shapes and
-dtypes, so they also run (once, at trace time) inside `jax.jit` and `jax.vmap`.
+Every function here that takes a mask checks it and raises one LthError
+naming the first leaf that is wrong: against the parameters with `check`
+(same leaves, same shapes, boolean dtype), or, where no parameters are given
+(`count`, `density`, `densities`, `save`), for boolean leaves with
+`check_boolean` (a parameter tree passed where a mask belongs is refused, not
+counted). The checks look only at shapes and dtypes, so they also run (once,
+at trace time) inside `jax.jit` and `jax.vmap`.
 """
 from __future__ import annotations
 
@@ -49,6 +52,16 @@ def check(mask, params, what: str = "mask") -> None:
     if jax.tree_util.tree_structure(mask) != jax.tree_util.tree_structure(params):
         raise LthError(f"{what} has the parameters' leaf names but another container structure "
                        "(dict vs FrozenDict?); build it with masks.ones_like(params)")
+
+
+def check_boolean(mask, what: str = "mask") -> None:
+    """Raise LthError unless every leaf of `mask` is boolean (True = kept):
+    for the functions that take a mask without its parameters."""
+    for name, m in named_leaves(mask).items():
+        dtype = getattr(m, "dtype", None) or np.asarray(m).dtype
+        if dtype != jnp.bool_:
+            raise LthError(f"{what}: leaf {name!r} has dtype {dtype}, a mask has boolean leaves (True = kept); "
+                           "were the parameters passed? make a mask with masks.ones_like(params) or a pruning rule")
 
 
 def default_prunable(name: str, leaf) -> bool:
@@ -109,7 +122,9 @@ def count(mask, which=None):
     """(kept, total) over the leaves selected by `which` (default: all leaves).
 
     Returns Python ints for concrete masks (for logging) and, under
-    `jax.jit` / `jax.vmap`, `kept` as an int32 array (`total` is static)."""
+    `jax.jit` / `jax.vmap`, `kept` as an int32 array (`total` is static).
+    Raises LthError for a leaf that is not boolean (see `check_boolean`)."""
+    check_boolean(mask, "masks.count")
     which = which if which is not None else jax.tree_util.tree_map(lambda _: True, mask)
     chosen = _selected(mask, which)
     total = sum(int(np.size(m)) for m in chosen)
@@ -123,6 +138,7 @@ def density(mask, which=None):
     """Kept share of the prunable weights (`which` defaults to the kernels).
 
     A Python float for a concrete mask, a float32 array under tracing."""
+    check_boolean(mask, "masks.density")
     which = which if which is not None else prunable(mask)
     kept, total = count(mask, which)
     if total == 0:
@@ -133,6 +149,7 @@ def density(mask, which=None):
 def densities(mask, which=None) -> dict:
     """Density over prunable weights, over all parameters, and per prunable leaf
     (Python floats: for logging; use `density` under jit)."""
+    check_boolean(mask, "masks.densities")
     which = which if which is not None else prunable(mask)
     kept_all, total_all = count(mask)
     per_leaf = {n: float(np.asarray(m).mean()) for (n, m), c in
@@ -188,6 +205,7 @@ def wrap(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation
 
 def save(path: str, mask) -> None:
     """Write a mask as .npz (keys: '/'-joined parameter paths, boolean arrays), atomically."""
+    check_boolean(mask, "masks.save")
     npz.save(path, mask, dtype=bool)
 
 

@@ -7,7 +7,8 @@ optimizer: the gradient is masked before the optimizer
 revive them). `masks.wrap(tx, mask)` packs the same rule as an optax
 optimizer for a notebook user's own loop.
 
-Any flax module trains (or a plain ``apply_fn(variables, x)``): the step passes
+Any flax module trains (or its bound ``model.apply``, called as the module, or
+a plain ``apply_fn(variables, x)``): the step passes
 ``train=`` (or ``training=``, ``is_training=``, ``deterministic=not train``)
 only when the module's ``__call__`` takes it, feeds the RNG streams named in
 `rngs` (Dropout's "dropout" by default) from the step key, and updates the
@@ -83,13 +84,28 @@ def _takes(fn, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
+def as_module(model):
+    """The flax Module itself for its bound ``model.apply``, else `model`.
+
+    A bound apply is the module: calling it as a plain function would pass no
+    ``train=`` (its signature takes only ``**kwargs``) and no
+    mutable=["batch_stats"], so a model with BatchNorm and Dropout would
+    train in evaluation mode without a word."""
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, nn.Module) and getattr(model, "__func__", None) is nn.Module.apply:
+        return owner
+    return model
+
+
 def call_model(model, variables, x, *, train: bool, rngs=None):
     """(outputs, new batch_stats or None) of a flax Module or an apply_fn.
 
-    A Module gets its mode keyword (see `mode_kwargs`), `rngs`, and, when
-    training with a "batch_stats" collection, mutable=["batch_stats"]. A plain
+    A Module (or its bound ``model.apply``, see `as_module`) gets its mode
+    keyword (see `mode_kwargs`), `rngs`, and, when training with a
+    "batch_stats" collection, mutable=["batch_stats"]. A plain
     ``apply_fn(variables, x, ...)`` gets the mode keyword and ``rngs=`` only if
     its signature takes them, and has no mutable state."""
+    model = as_module(model)
     if isinstance(model, nn.Module):
         kw = mode_kwargs(model.__call__, train)
         if rngs:

@@ -14,10 +14,9 @@ import optax
 from tqdm import tqdm
 
 from lth_jax import masks as masks_lib
-from lth_jax import memory, parallel
+from lth_jax import fit_checks, memory, parallel
 from lth_jax.errors import LthError, check
-from lth_jax.train import (Steps, TrainState, at_step, batch_indices, call_model, compiled, create_state,
-                           pad_batches)
+from lth_jax.train import Steps, TrainState, as_module, at_step, batch_indices, compiled, create_state, pad_batches
 
 
 class Diverged(RuntimeError):
@@ -270,8 +269,11 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
 
     Args:
       model: a flax Module (``train=``/``training=``/``deterministic=`` passed
-        only if its ``__call__`` takes one) or a function
-        ``apply_fn(variables, x) -> outputs``.
+        only if its ``__call__`` takes one; BatchNorm statistics updated),
+        its bound ``model.apply`` (trained as the module), or a function
+        ``apply_fn(variables, x) -> outputs`` (run as it is: it gets the mode
+        keyword and ``rngs=`` only if it takes them, and cannot update
+        ``batch_stats``, which are then kept as given, with a warning).
       variables: {"params": ...[, "batch_stats": ...]} to start from, or a
         `TrainState` returned by an earlier `fit` to continue it (then `mask`
         and `start_step` come from the state).
@@ -321,33 +323,41 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
       floats (NumPy arrays over members for a stack).
 
     Raises:
-      LthError: bad arguments (mask, labels, batch size, variables).
+      LthError: bad arguments (mask, labels, batch size, variables; see
+        `lth_jax.fit_checks`), checked before anything compiles.
       Diverged: the training loss became non-finite or grew 1000-fold.
     """
     check(isinstance(steps, (int, np.integer)) and steps >= 0, f"fit: steps must be an int >= 0, got {steps!r}")
     check(isinstance(data, (tuple, list)) and len(data) == 2, "fit: data must be a pair (x, y) of arrays")
     x, y = (np.asarray(a) for a in data)
     check(len(x) == len(y), f"fit: x has {len(x)} examples, y {len(y)}")
+    fit_checks.check_data(x, y, eval_data, loss)
     key = jax.random.key(0) if key is None else key
-    steps_ = Steps(model, tx, augment=augment, members=members, loss=loss, rngs=tuple(rngs),
+    steps_ = Steps(as_module(model), tx, augment=augment, members=members, loss=loss, rngs=tuple(rngs),
                    compute_dtype=compute_dtype)
-    if isinstance(variables, TrainState):
-        state = variables
+    given = variables if isinstance(variables, TrainState) else None
+    if given is not None:
         check(mask is None, "fit: the mask of a TrainState is its own (state.mask); pass variables to use another")
+        variables, mask = given.variables, given.mask
     else:
         check(hasattr(variables, "get") and "params" in variables,
               "fit: variables must be a dict with 'params' (and optionally 'batch_stats'), or a TrainState")
         other = sorted(set(variables) - {"params", "batch_stats"})
         check(not other, f"fit: variables hold collections {other}; fit trains 'params' and updates "
                          "'batch_stats' only")
+    if members:
+        fit_checks.check_members(variables, mask)
+    fit_checks.check_model(steps_.model, variables, {"training": (x, y), **dict(eval_data or {})}, loss=loss,
+                           rngs=steps_._rngs(jax.random.key(0), 0), members=members)
+    if given is not None:
+        state = given
+    else:
         init = jax.vmap(create_state, in_axes=(0, 0, None, 0)) if members else create_state
         params = variables["params"]
         mask = masks_lib.ones_like(params) if mask is None else mask
         state = init(params, variables.get("batch_stats", {}), tx, mask)
         if start_step:
             state = at_step(state, start_step)
-    if steps_.classifies:
-        _check_labels(steps_, state, x, y, eval_data)
     trainer = Trainer(steps_, x, y, dict(eval_data or {}), batch_size=batch_size, seed=seed,
                       eval_batch_size=eval_batch_size, log_activations=log_activations)
     if sampler is not None:
@@ -367,25 +377,6 @@ def fit(model, variables, tx: optax.GradientTransformation, data, steps: int, *,
 def _plain(v):
     a = np.asarray(v)
     return float(a) if a.ndim == 0 else a
-
-
-def _check_labels(steps_: Steps, state, x, y, eval_data) -> None:
-    """Integer labels in [0, number of outputs), for the training and eval sets."""
-    one = jax.tree_util.tree_map(lambda a: a[0], state) if steps_.members else state
-    out = jax.eval_shape(lambda v, xb: call_model(steps_.model, v, xb, train=False,
-                                                  rngs=steps_._rngs(jax.random.key(0), 0))[0],
-                         one.variables, x[:1])
-    check(hasattr(out, "shape") and len(out.shape) == 2,
-          f"fit: cross-entropy needs (batch, classes) logits, the model returns {out}; pass loss=")
-    classes = out.shape[-1]
-    for name, (_, labels) in [("training", (x, y)), *(eval_data or {}).items()]:
-        labels = np.asarray(labels)
-        check(np.issubdtype(labels.dtype, np.integer), f"fit: {name} labels must be integers for "
-                                                       f"cross-entropy, got {labels.dtype}; pass loss= for regression")
-        if labels.size:
-            check(labels.min() >= 0 and labels.max() < classes,
-                  f"fit: {name} labels span [{labels.min()}, {labels.max()}], the model has {classes} outputs; "
-                  f"labels must be in [0, {classes})")
 
 
 def progress_line(desc: str, record: dict, stop: int) -> str:

@@ -249,6 +249,7 @@ def _per_unit(tree, flow_, group, reduce):
 def alive_units(mask, flow_: Flow) -> dict:
     """{first layer of each hidden group: bool vector}: a unit is alive while
     any of its incoming weights is (in any layer of its group)."""
+    masks_lib.check_boolean(mask, "units.alive_units")
     return {g[0]: functools.reduce(jnp.logical_or, _per_unit(mask, flow_, g, lambda k: k.any(0)))
             for g in hidden_groups(flow_)}
 

@@ -246,3 +246,36 @@ def test_log_activations_records_the_dead_neuron_rates():
     assert history[-1]["dead_dynamic"] == pytest.approx(float(direct["dynamic_all"]))
     assert history[-1]["dead_static"] == pytest.approx(float(direct["static_all"]))
     assert 0 < history[-1]["dead_dynamic"] < 1
+
+
+class BatchNormDropoutCNN(nn.Module):
+    """A user's own CNN with BatchNorm and Dropout, switched by `train`."""
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3,))(x[..., None])
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        x = nn.Dropout(0.3, deterministic=not train)(x)
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_bound_apply_trains_as_the_module_does():
+    """fit(model.apply) once trained in evaluation mode without a word: no
+    Dropout, BatchNorm on its running statistics, which never moved."""
+    x, y = data()
+    model = BatchNormDropoutCNN()
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x[:1])
+    tx = optax.adam(1e-2)
+    by_module, _ = fit(model, variables, tx, (x, y), 20, batch_size=32)
+    by_apply, _ = fit(model.apply, variables, tx, (x, y), 20, batch_size=32)
+    moved = np.abs(by_apply.batch_stats["BatchNorm_0"]["mean"] - variables["batch_stats"]["BatchNorm_0"]["mean"])
+    assert moved.max() > 1e-3
+    for a, b in zip(jax.tree_util.tree_leaves(by_module), jax.tree_util.tree_leaves(by_apply)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_plain_function_with_batch_statistics_is_warned():
+    x, y = data()
+    model = BatchNormDropoutCNN()
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x[:1])
+    with pytest.warns(UserWarning, match=r"plain function, so variables\['batch_stats'\] stay as given.*fit\(model"):
+        fit(lambda v, xb: model.apply(v, xb), variables, optax.sgd(0.1), (x, y), 2, batch_size=32)

@@ -83,6 +83,8 @@ def member_count(model, variables, x):
     shapes only (an abstract `model.init`); LthError when they are neither."""
     from lth_jax.train import mode_kwargs
     from lth_jax.trees import named_leaves
+    errors.check(hasattr(variables, "get") and variables.get("params") is not None,
+                 "the variables must be a dict with a 'params' collection")
     sample = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
     want = jax.eval_shape(lambda xs: model.init(jax.random.key(0), xs, **mode_kwargs(model.__call__, False)),
                           sample)["params"]
@@ -153,7 +155,11 @@ def _vmap_sq_norms(apply_fn, variables, x, y):
 
 def grand_method(apply_fn, variables, x, *, model=None, method="auto"):
     """Which implementation `grand` uses for these arguments: ("fast", layers)
-    or ("vmap", reason). Raises LthError where method="fast" is impossible."""
+    or ("vmap", reason). Raises LthError where method="fast" is impossible.
+
+    With `model`, variables stacked on a leading member axis are accepted as
+    `grand` accepts them: the answer is the one every member gets (they share
+    their shapes), found on the first member."""
     errors.check(method in METHODS, f"grand: method must be one of {', '.join(METHODS)}; got {method!r}")
     if method == "vmap":
         return "vmap", "method='vmap' asked for"
@@ -164,6 +170,8 @@ def grand_method(apply_fn, variables, x, *, model=None, method="auto"):
             "pass it or use method='auto'/'vmap'",
         )
         return "vmap", "no model given (black-box apply_fn)"
+    if member_count(model, variables, x) is not None:
+        variables = jax.tree_util.tree_map(lambda a: a[0], variables)
     layers = ghost.plan(apply_fn, variables, x)
     if isinstance(layers, str):
         errors.check(
