@@ -175,7 +175,8 @@ def _grid(plt, n):
 
 def draw(rundir, summary: dict, results: list) -> list:
     plt = pyplot()
-    members = [m for m in _members(results) if m["reached_stop_loss"]]  # the ranked ones
+    everyone = _members(results)
+    members = [m for m in everyone if m["reached_stop_loss"]]  # the ranked ones
     clean = [m for m in members if m["label_noise"] == 0]
     names = list(summary["ranking"])
     lrs = np.log10([m["learning_rate"] for m in clean])
@@ -191,7 +192,7 @@ def draw(rundir, summary: dict, results: list) -> list:
     save_figure(fig, paths[0])
     if len(summary["label_noise"]) > 1:
         fig, axes = _grid(plt, len(names))
-        levels = sorted({m["label_noise"] for m in members})
+        levels = sorted({m["label_noise"] for m in everyone})  # in the legend even with no member drawn
         for ax, name in zip(axes, names):
             for level, color in zip(levels, ("tab:blue", "tab:red", "tab:orange", "tab:purple")):
                 group = [m for m in members if m["label_noise"] == level]
