@@ -3,8 +3,10 @@ data-diet fraction. MLPs 100-100 and 400-400 on MNIST-1D x Adam learning
 rates (1e-3, 3e-3) x 2 seeds, on all 4,000 training examples and on a random
 half, each at IMP levels 0, 1 and 2 (20% of the remaining weights removed
 per level by global magnitude, rewound to initialisation): 48 members, each
-stopped at training cross-entropy 0.01 or after 4000 steps. Kendall tau and
-Psi now also along the lottery level and the kept fraction.
+stopped at training cross-entropy 0.01 (at most 10,500 steps, as in
+measures_mnist1d; a member that does not get there is listed apart, not
+ranked). Kendall tau and Psi now also along the lottery level and the kept
+fraction.
 
 For EL2N-chosen subsets instead of random ones, score the data with the diet
 experiment first and add

@@ -20,8 +20,17 @@ Conventions, as in the reference code (nitarshan/robust-generalization-measures,
   variance 1 - eps), so the network computes the same function and the path
   norm squares the folded weights.
 - **Margin** gamma: the (m // 10)-th smallest of ``f(x)[y] - max_{j != y}
-  f(x)[j]`` over the m training examples (its absolute value, as the
-  reference), i.e. the 10th percentile.
+  f(x)[j]`` over the m training examples, i.e. the 10th percentile, signed.
+  The reference (``_margin`` in ``get_all_measures``) takes its absolute
+  value, which is harmless there because every model it ranks was trained
+  to cross-entropy 0.01 (``load_data`` in
+  ``experiments/coupled_networks/common.py`` discards the others): at that
+  loss fewer than 1.5% of the examples can be misclassified (each costs at
+  least log 2), so the 10th percentile is positive. On a network that
+  misclassifies 10% or more of its training set it is <= 0, and its absolute
+  value would *flip* the margin-normalised measures (a worse fit would look
+  like a wider margin). Here a margin <= 0 makes every measure that divides
+  by it (``MARGIN_MEASURES``) NaN: undefined, not flipped.
 - **Spectral norm**: power iteration on ``W^T W`` from a fixed start, until
   the estimate changes by less than ``tol`` (1e-6, relative) or after
   ``iterations`` (500) steps.
@@ -62,9 +71,10 @@ def margins(logits, y):
 
 
 def output_margin(logits, y):
-    """The (m // 10)-th smallest margin (at least the 1st), its absolute value."""
+    """The (m // 10)-th smallest margin (at least the 1st), signed: <= 0 when
+    10% or more of the examples are misclassified (or tied)."""
     m = margins(logits, y)
-    return jnp.abs(jnp.sort(m)[max(m.shape[0] // 10, 1) - 1])
+    return jnp.sort(m)[max(m.shape[0] // 10, 1) - 1]
 
 
 # ---- weight matrices ----------------------------------------------------------------------------
@@ -292,10 +302,10 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
     st = {k: np.asarray(v) for k, v in _weight_stats(params, init_params, mask, scales, init_scales).items()}
     spec, fro, dist_fro, dist_spec = st["spec"], st["fro"], st["dist_fro"], st["dist_spec"]
     sq, dist_sq = float(st["sq"]), float(st["dist_sq"])
-    log_margin = math.log(margin) if margin > 0 else -math.inf
+    log_margin = math.log(margin) if margin > 0 else math.nan  # see the module docstring
     out = {"train_accuracy": train_accuracy, "margin": margin,
            "l2": math.sqrt(sq), "l2_dist": math.sqrt(dist_sq),
-           "params": int(st["count"]), "inverse_margin": 1.0 / margin ** 2 if margin > 0 else math.inf}
+           "params": int(st["count"]), "inverse_margin": 1.0 / margin ** 2 if margin > 0 else math.nan}
     log_prod_spec = float(np.sum(np.log(spec)))
     log_prod_fro = float(np.sum(np.log(fro)))
     out.update(
@@ -313,7 +323,7 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
         fro_dist=float(np.sum(dist_fro)), dist_spec_init=float(np.sum(dist_spec)),
         param_norm=float(np.sum(fro)))
     pn = float(path_norm(apply_fn, params, input_shape, mask))
-    out.update(path_norm=pn, path_norm_over_margin=pn / margin ** 2 if margin > 0 else math.inf)
+    out.update(path_norm=pn, path_norm_over_margin=pn / margin ** 2 if margin > 0 else math.nan)
     k1, k2 = jax.random.split(key)
     sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k1, data=(xs, ys), samples=samples, clean=train_accuracy)
     mag_sigma, _, _ = pac_bayes_sigma(accuracy, params, mask, k2, data=(xs, ys), magnitude_eps=1e-3, samples=samples,
@@ -334,6 +344,10 @@ def all_measures(apply_fn, params, init_params, mask, x, y, key, *, input_shape,
 
 
 NOT_MEASURES = ("train_accuracy", "margin", "sigma", "mag_sigma")
+# NaN when the margin is <= 0 (see the module docstring)
+MARGIN_MEASURES = ("inverse_margin", "log_prod_of_spec_over_margin", "log_spec_init_main", "log_spec_orig_main",
+                   "log_sum_of_spec_over_margin", "log_prod_of_fro_over_margin", "log_sum_of_fro_over_margin",
+                   "path_norm_over_margin")
 
 
 def adjusted(values: dict, m: int) -> dict:
@@ -342,5 +356,8 @@ def adjusted(values: dict, m: int) -> dict:
     for name, v in values.items():
         if name in NOT_MEASURES:
             continue
-        out[name] = 0.5 * (v - math.log(m)) if name.startswith("log_") else math.sqrt(max(v, 0.0) / m)
+        if math.isnan(v):
+            out[name] = math.nan
+        else:
+            out[name] = 0.5 * (v - math.log(m)) if name.startswith("log_") else math.sqrt(max(v, 0.0) / m)
     return out

@@ -9,6 +9,7 @@ import pytest
 from configs import measures_mnist1d
 from lth_jax.errors import LthError
 from lth_jax.experiments import measures, measures_report
+from lth_jax.measures import MARGIN_MEASURES
 
 
 def tiny(**over):
@@ -36,23 +37,33 @@ def finished(tmp_path_factory):
 
 
 def test_grid_ranking_and_noise_table(finished, capsys):
+    """100 steps reach no member's stopping loss: all four are listed, none is
+    ranked; a member whose margin is <= 0 has its margin measures null."""
     workdir, summary = finished
-    assert summary["members"] == 4 and summary["clean_members"] == 2
+    assert summary["members"] == 4 and summary["clean_members"] == 2 and summary["ranked_members"] == 0
     names = set(summary["ranking"])
     assert {"pacbayes_mag_flatness", "log_prod_of_spec_over_margin", "path_norm", "fro_dist", "params"} <= names
-    for r in summary["ranking"].values():
-        assert r["tau"] is None or -1 <= r["tau"] <= 1
+    assert all(r["tau"] is None for r in summary["ranking"].values())
+    assert sorted(m["id"] for m in summary["not_converged"]) == sorted(
+        f"a0_n{n}/lr{lr}_wd0/0" for n in ("0", "0.3") for lr in ("0.001", "0.01"))
     assert set(summary["label_noise"]) == {"0", "0.3"}
+    not_positive = []
     for g in ("a0_n0", "a0_n0.3"):
         result = json.load(open(os.path.join(workdir, "groups", g, "result.json")))
         assert len(result["members"]) == 2
-        for m in result["members"].values():
+        for name, m in result["members"].items():
             assert 0 < m["train_accuracy"] <= 1 and m["gap"] == pytest.approx(m["train_accuracy"] - m["test_accuracy"])
-            assert all(np.isfinite(v) for v in m["measures"].values())
+            undefined = {k for k, v in m["measures"].items() if v is None}
+            assert undefined == (set(MARGIN_MEASURES) if m["raw"]["margin"] <= 0 else set())
+            assert all(np.isfinite(v) for k, v in m["measures"].items() if k not in undefined)
+            not_positive += [f"{g}/{name}"] if undefined else []
+    assert summary["margin_not_positive"] == not_positive and not_positive  # 16 units, 100 steps, 30% noise
     assert os.path.exists(os.path.join(workdir, "plots", "measures.png"))
     assert os.path.exists(os.path.join(workdir, "plots", "label_noise.png"))
     measures_report.print_summary(summary)
-    assert "Kendall tau" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Kendall tau" in out and "4 members did not reach the stopping loss" in out
+    assert "0 of 2 clean members reached the stopping loss" in out
 
 
 def test_a_frozen_member_stops_changing_and_the_others_train_on():
@@ -90,7 +101,7 @@ def test_lottery_levels_and_diet_fractions_are_grid_axes(tmp_path):
     """Members at every IMP level (0.2 of the remaining weights per round,
     rewound to init) and on half of the training set, ranked along both axes."""
     c = tiny(measures__lottery_levels=2, measures__diet_fractions=(0.5,), measures__label_noise=(0.0,),
-             measures__learning_rates=(1e-2,), measures__seeds=2)
+             measures__learning_rates=(1e-2,), measures__seeds=2, measures__stop_loss=2.0)  # reached: ranked
     summary = measures.run(c, str(tmp_path), progress=False)
     groups = sorted(os.listdir(tmp_path / "groups"))
     assert groups == [f"a0_n0_f{f}_L{level}" for f in ("0.5", "1") for level in range(3)]
@@ -107,7 +118,7 @@ def test_lottery_levels_and_diet_fractions_are_grid_axes(tmp_path):
             assert m["raw"]["params"] == round(m["density"] * (40 * 16 + 16 * 10))  # alive kernel entries
     mask1 = {k: final[k] for k in final.files if k.startswith("mask/")}
     assert all(v.dtype == bool for v in mask1.values()) and sum(v.sum() for v in mask1.values()) > 0
-    assert summary["clean_members"] == 12
+    assert summary["clean_members"] == summary["ranked_members"] == 12
     for axis in ("diet_fraction", "lottery_level"):
         assert summary["ranking"]["fro_dist"][axis] is not None, axis
     assert "tau | lottery_level" in measures_report.table_rows(summary)[0]
@@ -127,19 +138,72 @@ def test_a_scored_diet_keeps_the_hardest_examples(tmp_path):
         measures.Measures(c, str(tmp_path / "run"), progress=False)
 
 
+def grid_members(reached=lambda a, lr, wd, seed: True):
+    """Results of two groups (architectures) of 8 members, as `Measures.level` makes them."""
+    results = []
+    for a in range(2):
+        members = {}
+        for lr, wd, seed in itertools.product((1e-3, 1e-2), (0.0, 1e-4), range(2)):
+            gap = 0.1 * a + lr * 5 + wd * 100 + 0.001 * seed
+            members[f"lr{lr:g}_wd{wd:g}/{seed}"] = {
+                "architecture": a, "learning_rate": lr, "weight_decay": wd, "seed": seed, "label_noise": 0.0,
+                "gap": gap, "test_accuracy": 0.5, "train_accuracy": 0.5 + gap, "stop_step": 100, "train_loss": 0.01,
+                "reached_stop_loss": reached(a, lr, wd, seed), "group": f"a{a}_n0", "raw": {"margin": 1.0},
+                "measures": {"up": gap, "down": -gap, "lr": lr, "constant": 7.0}}
+        results.append({"members": members})
+    return results
+
+
+def test_kendall_tau_is_tau_a():
+    """Jiang et al.'s eq. 3: (concordant - discordant pairs) / all pairs, i.e.
+    scipy's tau-b times sqrt((n0 - ties in x)(n0 - ties in y)) / n0."""
+    from scipy.stats import kendalltau
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, 30).astype(float), rng.integers(0, 5, 30).astype(float)
+    n0 = 30 * 29 / 2
+    ties = [sum(np.sum(v == u) * (np.sum(v == u) - 1) / 2 for u in np.unique(v)) for v in (x, y)]
+    want = kendalltau(x, y)[0] * np.sqrt((n0 - ties[0]) * (n0 - ties[1])) / n0
+    assert measures_report.kendall_tau(x, y) == pytest.approx(want)
+    assert measures_report.kendall_tau(np.ones(5), np.arange(5.0)) == 0.0
+    assert measures_report.kendall_tau([1.0, np.nan, 3.0], [1.0, 2.0, 0.0]) == -1.0  # the NaN member left out
+    assert measures_report.kendall_tau([1.0, np.nan], [1.0, 2.0]) is None
+
+
 def test_tau_and_psi_on_a_known_grid():
-    members = []
-    for a, lr, wd, seed in itertools.product(range(2), (1e-3, 1e-2), (0.0, 1e-4), range(2)):
-        gap = 0.1 * a + lr * 5 + wd * 100 + 0.001 * seed
-        members.append({"architecture": a, "learning_rate": lr, "weight_decay": wd, "seed": seed,
-                        "label_noise": 0.0, "gap": gap, "test_accuracy": 0.5, "train_accuracy": 0.5 + gap,
-                        "reached_stop_loss": True, "measures": {"up": gap, "down": -gap, "lr": lr}})
-    summary = measures_report.summarize([{"members": {str(i): m for i, m in enumerate(members)}}], ["a", "b"], 0.0)
+    summary = measures_report.summarize(grid_members(), ["a", "b"], 0.0)
     assert summary["ranking"]["up"]["tau"] == pytest.approx(1.0) and summary["ranking"]["up"]["psi"] == pytest.approx(1.0)
     assert summary["ranking"]["down"]["psi"] == pytest.approx(-1.0)
-    lr_only = summary["ranking"]["lr"]  # follows the gap when only the learning rate varies, constant otherwise
+    assert summary["not_converged"] == [] and summary["ranked_members"] == 16
+
+
+def test_a_constant_measure_has_tau_0_and_counts_in_psi():
+    """Jiang et al.'s tau (eq. 3, the sum of sign products over pairs; the
+    reference's sign_error scores a tie as neither agreement nor disagreement):
+    a measure constant over a set has tau 0 there, and that set's axis counts
+    in Psi. The "lr" measure follows the gap along the learning rate only."""
+    r = measures_report.summarize(grid_members(), ["a", "b"], 0.0)["ranking"]
+    assert r["constant"]["tau"] == 0.0 and r["constant"]["psi"] == 0.0
+    lr_only = r["lr"]
     assert lr_only["learning_rate"] == pytest.approx(1.0)
-    assert lr_only["architecture"] is None and lr_only["weight_decay"] is None and lr_only["psi"] == pytest.approx(1.0)
+    assert lr_only["architecture"] == 0.0 and lr_only["weight_decay"] == 0.0
+    assert lr_only["psi"] == pytest.approx(1 / 3)
+
+
+def test_members_that_did_not_reach_the_stopping_loss_are_listed_not_ranked():
+    results = grid_members(reached=lambda a, lr, wd, seed: not (a == 1 and lr == 1e-3))  # 4 of 16 did not
+    bad = results[1]["members"]["lr0.001_wd0/0"]
+    bad["measures"]["up"] = -1.0  # would spoil tau = 1 if it were ranked
+    bad["raw"]["margin"] = -0.5
+    summary = measures_report.summarize(results, ["a", "b"], 0.0)
+    assert summary["ranked_members"] == 12 and summary["clean_members"] == 16
+    assert summary["ranking"]["up"]["tau"] == pytest.approx(1.0)
+    assert summary["ranking"]["up"]["learning_rate"] == pytest.approx(1.0)  # sets with one member left: no pair
+    assert sorted(m["id"] for m in summary["not_converged"]) == [
+        "a1_n0/lr0.001_wd0.0001/0", "a1_n0/lr0.001_wd0.0001/1", "a1_n0/lr0.001_wd0/0", "a1_n0/lr0.001_wd0/1"]
+    assert summary["margin_not_positive"] == ["a1_n0/lr0.001_wd0/0"]
+    assert summary["label_noise"]["0"]["reached_stop_loss"] == 12
+    assert summary["gap"]["mean"] == pytest.approx(np.mean([m["gap"] for r in results for m in r["members"].values()
+                                                            if m["reached_stop_loss"]]))
 
 
 @pytest.mark.parametrize("over, message", [

@@ -12,18 +12,21 @@ member held in its optimizer state (`optax.inject_hyperparams`), each with
 its own data order (its seed). Stopping rule (Jiang et al.): a member stops
 (its learning rate set to 0) at the first evaluation where its
 cross-entropy on the whole training set is at most ``measures.stop_loss``;
-otherwise it stops at ``train.steps`` (``reached_stop_loss`` false).
+otherwise it stops at ``train.steps`` (``reached_stop_loss`` false) and,
+as in the reference code, is not ranked: listed apart (`measures_report`).
 
 Then for every member (`lth_jax.measures.all_measures`, on the training
 set it was trained on, noisy labels included): every measure, with
 Jiang et al.'s dataset-size adjustment; train and test accuracy and loss;
 the generalization gap = train accuracy - test accuracy.
 
-Evaluation (`measures_report`), over the clean members: the Kendall tau of
-each measure with the gap over the grid, and the granulated tau Psi, the
-mean over hyperparameters of the mean tau over the sets of members that
-differ only in that hyperparameter. With label noise: per measure, its mean
-value and the mean test error, clean vs noisy.
+Evaluation (`measures_report`), over the clean members that reached the
+stopping loss: Jiang et al.'s Kendall tau (tau-a, ties score 0) of each
+measure with the gap over the grid, and the granulated tau Psi, the mean
+over hyperparameters of the mean tau over the sets of members that differ
+only in that hyperparameter. With label noise: per measure, its mean value
+and the mean test error, clean vs noisy, over the members that reached the
+stopping loss.
 
 lth_jax's own axes: ``measures.lottery_levels`` = L adds IMP tickets: after
 the dense grid trains, each member loses ``lottery.fraction`` of its
@@ -248,7 +251,8 @@ class Measures:
         for i, m in enumerate(result["members"].values()):
             mask = ensemble.take(state.mask, i)
             alive, total = masks_lib.count(mask, masks_lib.prunable(mask))
-            m.update(diet_fraction=fraction, lottery_level=level, density=alive / total)
+            m.update(group=os.path.basename(stage.name), diet_fraction=fraction, lottery_level=level,
+                     density=alive / total)
         result.update(diet_fraction=fraction, lottery_level=level, examples=int(len(y)),
                       train_seconds=t1 - t0, measure_seconds=time.time() - t1)
         stage.finish(result)

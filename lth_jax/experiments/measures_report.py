@@ -1,10 +1,30 @@
-"""Kendall tau, the granulated tau Psi, the label-noise table and the plots of a measures run."""
+"""Kendall tau, the granulated tau Psi, the label-noise table and the plots of a measures run.
+
+Conventions, as Jiang et al. 2020 define them (their eqs. 3 and 4) and as
+the pair loss of the reference code scores a pair (``sign_error`` in
+``experiments/coupled_networks/common.py`` of
+nitarshan/robust-generalization-measures; that repository has no tau of
+its own):
+
+- **tau** is the mean over ordered pairs of members of ``sign(measure_i -
+  measure_j) * sign(gap_i - gap_j)`` (Kendall's tau-a): a tie in the measure
+  or in the gap scores 0, so a measure that is constant over a set has tau 0
+  (not "undefined"), and such a set counts in Psi.
+- **Psi** averages, over the axes with more than one value, psi = the mean
+  tau over the sets of members that differ in that axis only.
+- **Only members that reached the stopping loss are ranked** (the reference's
+  ``load_data`` discards the others): members that did not are kept out of
+  tau, Psi and the label-noise means and listed under ``not_converged``. A
+  set left with fewer than 2 members has no pair and is skipped; members
+  where a measure is not finite (a margin-normalised measure of a network
+  whose 10th-percentile margin is <= 0, see `lth_jax.measures`) are left out
+  of that measure's tau and listed under ``margin_not_positive``.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy.stats import kendalltau
 
 from lth_jax.figures import format_table, pyplot, save_figure
 
@@ -12,15 +32,22 @@ AXES = ("architecture", "learning_rate", "weight_decay", "diet_fraction", "lotte
 
 
 def _members(results: list) -> list:
-    return [m for res in results for m in res["members"].values()]
+    """Every member, with "id" = its group's folder / its name, and its measures
+    as numbers (an undefined one, null in a result.json read back, as NaN)."""
+    return [{**m, "id": f"{m['group']}/{name}" if "group" in m else name,
+             "measures": {k: math.nan if v is None else v for k, v in m["measures"].items()}}
+            for res in results for name, m in res["members"].items()]
 
 
-def _tau(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+def kendall_tau(measure, gap):
+    """Jiang et al.'s tau (tau-a; ties score 0) of the members where both values
+    are finite; None if fewer than 2 are."""
+    a, b = np.asarray(measure, np.float64), np.asarray(gap, np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 2 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+    a, b, n = a[ok], b[ok], int(ok.sum())
+    if n < 2:
         return None
-    return float(kendalltau(a[ok], b[ok])[0])  # tau-b (ties counted as in scipy)
+    return float(np.sum(np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])) / (n * (n - 1)))
 
 
 def granulated(members: list, measure: str) -> dict:
@@ -34,35 +61,48 @@ def granulated(members: list, measure: str) -> dict:
         sets = {}
         for m in members:
             sets.setdefault(tuple(m.get(a) for a in others), []).append(m)
-        taus = [t for s in sets.values() if len(s) >= 2
-                for t in [_tau([m["measures"][measure] for m in s], [m["gap"] for m in s])] if t is not None]
+        taus = [t for s in sets.values()
+                for t in [kendall_tau([m["measures"][measure] for m in s], [m["gap"] for m in s])] if t is not None]
         out[axis] = float(np.mean(taus)) if taus else None
     valid = [v for v in out.values() if v is not None]
     out["psi"] = float(np.mean(valid)) if valid else None
     return out
 
 
+def _positive(v) -> bool:
+    return v is not None and v > 0
+
+
+def _mean(values):
+    return float(np.mean(values)) if len(values) else None
+
+
 def summarize(results: list, architectures: list, seconds: float) -> dict:
     members = _members(results)
     clean = [m for m in members if m["label_noise"] == 0]
+    ranked = [m for m in clean if m["reached_stop_loss"]]
     names = list(clean[0]["measures"])
     ranking = {}
     for name in names:
-        ranking[name] = {"tau": _tau([m["measures"][name] for m in clean], [m["gap"] for m in clean]),
-                         **granulated(clean, name)}
+        ranking[name] = {"tau": kendall_tau([m["measures"][name] for m in ranked], [m["gap"] for m in ranked]),
+                         **granulated(ranked, name)}
     noise = {}
     for level in sorted({m["label_noise"] for m in members}):
-        group = [m for m in members if m["label_noise"] == level]
+        group = [m for m in members if m["label_noise"] == level and m["reached_stop_loss"]]
         noise[f"{level:g}"] = {
-            "members": len(group), "test_error": float(np.mean([1 - m["test_accuracy"] for m in group])),
-            "train_accuracy": float(np.mean([m["train_accuracy"] for m in group])),
-            "reached_stop_loss": int(sum(m["reached_stop_loss"] for m in group)),
-            "measures": {n: float(np.mean([m["measures"][n] for m in group])) for n in names}}
+            "members": sum(m["label_noise"] == level for m in members), "reached_stop_loss": len(group),
+            "test_error": _mean([1 - m["test_accuracy"] for m in group]),
+            "train_accuracy": _mean([m["train_accuracy"] for m in group]),
+            "measures": {n: _mean([m["measures"][n] for m in group]) for n in names}}
+    gaps = [m["gap"] for m in ranked]
     return {"experiment": "measures", "architectures": architectures, "members": len(members),
-            "clean_members": len(clean), "gap": {"mean": float(np.mean([m["gap"] for m in clean])),
-                                                 "min": float(np.min([m["gap"] for m in clean])),
-                                                 "max": float(np.max([m["gap"] for m in clean]))},
-            "ranking": ranking, "label_noise": noise, "wall_seconds": seconds}
+            "clean_members": len(clean), "ranked_members": len(ranked),
+            "gap": {"mean": _mean(gaps), "min": min(gaps, default=None), "max": max(gaps, default=None)},
+            "ranking": ranking, "label_noise": noise,
+            "not_converged": [{k: m[k] for k in ("id", "label_noise", "stop_step", "train_loss", "train_accuracy")}
+                              for m in members if not m["reached_stop_loss"]],
+            "margin_not_positive": [m["id"] for m in members if not _positive(m["raw"]["margin"])],
+            "wall_seconds": seconds}
 
 
 def _f(v, digits=3):
@@ -81,19 +121,39 @@ def table_rows(summary: dict) -> list:
     return rows
 
 
+def _pct(v):
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
 def noise_rows(summary: dict) -> list:
+    """Means over the members of each noise level that reached the stopping loss."""
     levels = summary["label_noise"]
-    rows = [{"": "test error", **{f"noise {k}": f"{100 * v['test_error']:.2f}%" for k, v in levels.items()}},
-            {"": "train accuracy", **{f"noise {k}": f"{100 * v['train_accuracy']:.2f}%" for k, v in levels.items()}}]
+    rows = [{"": "reached the stopping loss", **{f"noise {k}": f"{v['reached_stop_loss']} of {v['members']}"
+                                                 for k, v in levels.items()}},
+            {"": "test error", **{f"noise {k}": _pct(v["test_error"]) for k, v in levels.items()}},
+            {"": "train accuracy", **{f"noise {k}": _pct(v["train_accuracy"]) for k, v in levels.items()}}]
     for name in summary["ranking"]:
-        rows.append({"": name, **{f"noise {k}": f"{v['measures'][name]:.4g}" for k, v in levels.items()}})
+        rows.append({"": name, **{f"noise {k}": "n/a" if v["measures"][name] is None or not math.isfinite(
+            v["measures"][name]) else f"{v['measures'][name]:.4g}" for k, v in levels.items()}})
     return rows
 
 
 def print_summary(summary: dict) -> None:
     g = summary["gap"]
-    print(f"{summary['clean_members']} clean members; generalization gap (train - test accuracy) "
-          f"{100 * g['mean']:.2f}% on average ({100 * g['min']:.2f} to {100 * g['max']:.2f})")
+    print(f"{summary['ranked_members']} of {summary['clean_members']} clean members reached the stopping loss and "
+          f"are ranked" + ("" if g["mean"] is None else
+                           f"; their generalization gap (train - test accuracy) is {100 * g['mean']:.2f}% on "
+                           f"average ({100 * g['min']:.2f} to {100 * g['max']:.2f})"))
+    if summary["not_converged"]:
+        print(f"{len(summary['not_converged'])} members did not reach the stopping loss (kept out of tau, Psi and "
+              "the noise table's means):")
+        rows = [{"member": m["id"], "label noise": f"{m['label_noise']:g}", "steps": m["stop_step"],
+                 "train loss": f"{m['train_loss']:.4f}", "train accuracy": _pct(m["train_accuracy"])}
+                for m in summary["not_converged"]]
+        print(format_table(rows, list(rows[0])))
+    if summary["margin_not_positive"]:
+        print(f"10th-percentile margin <= 0, margin-normalised measures undefined: "
+              f"{', '.join(summary['margin_not_positive'])}")
     print("Kendall tau of each measure with the gap; Psi = mean over hyperparameters of the tau when only "
           "that one varies")
     rows = table_rows(summary)
@@ -115,7 +175,8 @@ def _grid(plt, n):
 
 def draw(rundir, summary: dict, results: list) -> list:
     plt = pyplot()
-    members = _members(results)
+    everyone = _members(results)
+    members = [m for m in everyone if m["reached_stop_loss"]]  # the ranked ones
     clean = [m for m in members if m["label_noise"] == 0]
     names = list(summary["ranking"])
     lrs = np.log10([m["learning_rate"] for m in clean])
@@ -125,12 +186,13 @@ def draw(rundir, summary: dict, results: list) -> list:
         ax.set_title(f"{name}\ntau {_f(summary['ranking'][name]['tau'], 2)}", fontsize=7)
         ax.tick_params(labelsize=6)
     fig.supylabel("generalization gap (points)")
-    fig.suptitle("each measure vs the gap over the clean grid (colour: log10 learning rate)")
+    fig.suptitle("each measure vs the gap over the clean members that reached the stopping loss "
+                 "(colour: log10 learning rate)")
     paths = [rundir.file("plots", "measures.png")]
     save_figure(fig, paths[0])
     if len(summary["label_noise"]) > 1:
         fig, axes = _grid(plt, len(names))
-        levels = sorted({m["label_noise"] for m in members})
+        levels = sorted({m["label_noise"] for m in everyone})  # in the legend even with no member drawn
         for ax, name in zip(axes, names):
             for level, color in zip(levels, ("tab:blue", "tab:red", "tab:orange", "tab:purple")):
                 group = [m for m in members if m["label_noise"] == level]
@@ -140,7 +202,7 @@ def draw(rundir, summary: dict, results: list) -> list:
             ax.tick_params(labelsize=6)
         axes[0].legend(fontsize=6)
         fig.supylabel("test error (%)")
-        fig.suptitle("each measure vs test error, clean vs noisy labels")
+        fig.suptitle("each measure vs test error, clean vs noisy labels (members that reached the stopping loss)")
         paths.append(rundir.file("plots", "label_noise.png"))
         save_figure(fig, paths[1])
     return paths
