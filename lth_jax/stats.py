@@ -25,7 +25,7 @@ def paired(a: dict, b: dict) -> dict:
     out = spread(diffs)
     out["replicates"] = common
     out["p"] = None
-    if len(diffs) >= 2 and np.std(diffs) > 0:
+    if len(diffs) >= 2 and np.ptp(diffs) > 1e-9 * max(1.0, np.max(np.abs(diffs))):  # no spread: no test
         out["p"] = float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
     return out
 

@@ -1,4 +1,5 @@
 """experiment = "measures": the grid, the stopping rule, Kendall tau and Psi."""
+import copy
 import itertools
 import json
 import os
@@ -204,6 +205,25 @@ def test_members_that_did_not_reach_the_stopping_loss_are_listed_not_ranked():
     assert summary["label_noise"]["0"]["reached_stop_loss"] == 12
     assert summary["gap"]["mean"] == pytest.approx(np.mean([m["gap"] for r in results for m in r["members"].values()
                                                             if m["reached_stop_loss"]]))
+
+
+def test_noisy_minus_clean_is_paired_by_grid_point():
+    """The label-noise comparison is a paired difference with its spread, not two bare means."""
+    clean = grid_members()
+    noisy = copy.deepcopy(clean)
+    for r in noisy:
+        for name, m in r["members"].items():
+            m["label_noise"], m["group"] = 0.3, m["group"].replace("n0", "n0.3")
+            m["measures"]["up"] += 0.5 + 0.01 * m["seed"]  # +0.50 for seed 0, +0.51 for seed 1
+            m["test_accuracy"] = 0.4
+    noisy[0]["members"]["lr0.01_wd0/1"]["reached_stop_loss"] = False  # its clean partner goes unpaired
+    summary = measures_report.summarize(clean + noisy, ["a", "b"], 0.0)
+    d = summary["label_noise"]["0.3"]["minus_clean"]
+    assert d["up"]["n"] == 15 and d["up"]["mean"] == pytest.approx((8 * 0.50 + 7 * 0.51) / 15)
+    assert d["up"]["std"] == pytest.approx(np.std([0.50] * 8 + [0.51] * 7, ddof=1))
+    assert d["constant"]["mean"] == 0.0 and d["test_error"]["mean"] == pytest.approx(0.1)
+    rows = {r[""]: r for r in measures_report.noise_rows(summary)}
+    assert rows["up"]["noise 0.3 - clean"].startswith("+0.5047 ± 0.0052 (n=15, p=")
 
 
 @pytest.mark.parametrize("over, message", [

@@ -365,6 +365,11 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
     return Measures(cfg, workdir, progress).run(overwrite)
 
 
+def tables(summary: dict, rundir) -> list:
+    """The run's tables (printed at its end and by ``python -m lth_jax.report WORKDIR --markdown``)."""
+    return measures_report.tables(summary, rundir)
+
+
 def redraw(rundir, config) -> list:
     summary = read_json(rundir.file("summary.json"))
     results = [read_json(os.path.join(rundir.file("groups"), g, "result.json"))

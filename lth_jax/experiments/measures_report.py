@@ -26,7 +26,8 @@ import math
 
 import numpy as np
 
-from lth_jax.figures import format_table, pyplot, save_figure
+from lth_jax.figures import print_tables, pyplot, save_figure, table
+from lth_jax.stats import paired, pm_diff
 
 AXES = ("architecture", "learning_rate", "weight_decay", "diet_fraction", "lottery_level")
 
@@ -94,6 +95,10 @@ def summarize(results: list, architectures: list, seconds: float) -> dict:
             "test_error": _mean([1 - m["test_accuracy"] for m in group]),
             "train_accuracy": _mean([m["train_accuracy"] for m in group]),
             "measures": {n: _mean([m["measures"][n] for m in group]) for n in names}}
+    for level in noise:
+        if level != "0":  # noisy minus clean, paired by grid point (both reached the stopping loss)
+            noise[level]["minus_clean"] = {n: paired(_by_point(members, float(level), n), _by_point(members, 0.0, n))
+                                           for n in ["test_error", *names]}
     gaps = [m["gap"] for m in ranked]
     return {"experiment": "measures", "architectures": architectures, "members": len(members),
             "clean_members": len(clean), "ranked_members": len(ranked),
@@ -103,6 +108,18 @@ def summarize(results: list, architectures: list, seconds: float) -> dict:
                               for m in members if not m["reached_stop_loss"]],
             "margin_not_positive": [m["id"] for m in members if not _positive(m["raw"]["margin"])],
             "wall_seconds": seconds}
+
+
+def _by_point(members: list, level: float, name: str) -> dict:
+    """{grid point: value} of the members at a label-noise level that reached the stopping loss."""
+    key = ("architecture", "learning_rate", "weight_decay", "seed", "diet_fraction", "lottery_level")
+    out = {}
+    for m in members:
+        if m["label_noise"] == level and m["reached_stop_loss"]:
+            value = 1 - m["test_accuracy"] if name == "test_error" else m["measures"][name]
+            if value is not None and math.isfinite(value):
+                out[repr(tuple(m.get(k) for k in key))] = value
+    return out
 
 
 def _f(v, digits=3):
@@ -126,42 +143,54 @@ def _pct(v):
 
 
 def noise_rows(summary: dict) -> list:
-    """Means over the members of each noise level that reached the stopping loss."""
+    """Means over the members of each noise level that reached the stopping loss, and each noisy level
+    minus the clean one, paired by grid point."""
     levels = summary["label_noise"]
+    noisy = [k for k in levels if "minus_clean" in levels[k]]
+
+    def diff(k, name, scale):
+        d = levels[k]["minus_clean"][name]
+        return "n/a" if not d["n"] else pm_diff(d, scale=scale, digits=2 if scale == 100 else 4)
     rows = [{"": "reached the stopping loss", **{f"noise {k}": f"{v['reached_stop_loss']} of {v['members']}"
                                                  for k, v in levels.items()}},
-            {"": "test error", **{f"noise {k}": _pct(v["test_error"]) for k, v in levels.items()}},
+            {"": "test error", **{f"noise {k}": _pct(v["test_error"]) for k, v in levels.items()},
+             **{f"noise {k} - clean": diff(k, "test_error", 100) for k in noisy}},
             {"": "train accuracy", **{f"noise {k}": _pct(v["train_accuracy"]) for k, v in levels.items()}}]
     for name in summary["ranking"]:
         rows.append({"": name, **{f"noise {k}": "n/a" if v["measures"][name] is None or not math.isfinite(
-            v["measures"][name]) else f"{v['measures'][name]:.4g}" for k, v in levels.items()}})
+            v["measures"][name]) else f"{v['measures'][name]:.4g}" for k, v in levels.items()},
+            **{f"noise {k} - clean": diff(k, name, 1) for k in noisy}})
     return rows
 
 
-def print_summary(summary: dict) -> None:
+def tables(summary: dict, rundir=None) -> list:
     g = summary["gap"]
-    print(f"{summary['ranked_members']} of {summary['clean_members']} clean members reached the stopping loss and "
-          f"are ranked" + ("" if g["mean"] is None else
-                           f"; their generalization gap (train - test accuracy) is {100 * g['mean']:.2f}% on "
-                           f"average ({100 * g['min']:.2f} to {100 * g['max']:.2f})"))
+    ranked = (f"{summary['ranked_members']} of {summary['clean_members']} clean members reached the stopping loss and "
+              "are ranked" + ("" if g["mean"] is None else
+                              f"; their generalization gap (train - test accuracy) is {100 * g['mean']:.2f} points "
+                              f"on average ({100 * g['min']:.2f} to {100 * g['max']:.2f})"))
+    out = []
     if summary["not_converged"]:
-        print(f"{len(summary['not_converged'])} members did not reach the stopping loss (kept out of tau, Psi and "
-              "the noise table's means):")
         rows = [{"member": m["id"], "label noise": f"{m['label_noise']:g}", "steps": m["stop_step"],
                  "train loss": f"{m['train_loss']:.4f}", "train accuracy": _pct(m["train_accuracy"])}
                 for m in summary["not_converged"]]
-        print(format_table(rows, list(rows[0])))
-    if summary["margin_not_positive"]:
-        print(f"10th-percentile margin <= 0, margin-normalised measures undefined: "
-              f"{', '.join(summary['margin_not_positive'])}")
-    print("Kendall tau of each measure with the gap; Psi = mean over hyperparameters of the tau when only "
-          "that one varies")
-    rows = table_rows(summary)
-    print(format_table(rows, list(dict.fromkeys(c for r in rows for c in r))))
+        out.append(table(f"{len(rows)} members did not reach the stopping loss (kept out of tau, Psi and the noise "
+                         "table's means)", rows))
+    margin = summary["margin_not_positive"]
+    out.append(table(f"Kendall tau (Jiang et al.'s, ties score 0) of each measure with the gap; Psi = mean over the "
+                     f"hyperparameters of the tau when only that one varies. {ranked}." +
+                     (f" 10th-percentile margin <= 0, margin-normalised measures undefined: {', '.join(margin)}."
+                      if margin else ""), table_rows(summary)))
     if len(summary["label_noise"]) > 1:
-        print("mean measure values, clean vs noisy labels (a measure that follows test error must move with it)")
-        rows = noise_rows(summary)
-        print(format_table(rows, list(rows[0])))
+        out.append(table("Mean measure values by share of flipped training labels (members that reached the "
+                         "stopping loss), and noisy minus clean paired by grid point (architecture, learning rate, "
+                         "weight decay, seed): mean ± sample std, n, two-sided paired t-test p; test error in "
+                         "points", noise_rows(summary)))
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    print_tables(tables(summary))
 
 
 def _grid(plt, n):
