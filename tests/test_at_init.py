@@ -1,5 +1,7 @@
-"""SNIP, GraSP and SynFlow against brute-force references on tiny models, and
-the layer-collapse property that sets SynFlow apart."""
+"""SNIP, GraSP and SynFlow against brute-force references on tiny models, the
+layer-collapse property that sets SynFlow apart, and SynFlow's masks on deep
+networks (R beyond float32) against float64 references, in float32 and float64."""
+import contextlib
 import itertools
 
 import flax.linen as nn
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from lth_jax import at_init, masks, models, pruning
+from lth_jax.errors import LthError
 from lth_jax.train import cross_entropy
 
 
@@ -27,6 +30,18 @@ def tiny():
     logits_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
     loss_fn = lambda p, xb, yb: jnp.mean(cross_entropy(logits_fn(p, xb), yb))  # noqa: E731
     return model, params, x, y, logits_fn, loss_fn
+
+
+@contextlib.contextmanager
+def x64(on: bool):
+    """jax_enable_x64 set to `on` inside, restored after (jax.enable_x64 is
+    newer than the oldest jax supported)."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
 
 
 def flat(tree):
@@ -73,7 +88,9 @@ def test_grasp_removes_the_highest_scores():
 def test_synflow_scores_are_path_sums():
     model, params, *_ = tiny()
     apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
-    scores, r = at_init.synflow_scores(apply_fn, params, masks.ones_like(params), (3,))
+    scores, r, exponent = at_init.synflow_scores(apply_fn, params, masks.ones_like(params), (3,))
+    scores = jax.tree_util.tree_map(lambda s: s * 2.0 ** exponent, scores)
+    r = r * 2.0 ** exponent
     a, b = np.abs(np.asarray(params["a"]["kernel"])), np.abs(np.asarray(params["b"]["kernel"]))
     want_a, want_b, total = np.zeros_like(a), np.zeros_like(b), 0.0
     for i, j, k in itertools.product(range(3), range(4), range(2)):  # every input-hidden-output path
@@ -106,3 +123,112 @@ def test_synflow_avoids_layer_collapse_where_magnitude_and_snip_do_not():
     for collapsed in (mag, snip):
         assert not at_init.paths_alive(collapsed, chain)
     assert masks.density(syn) == pytest.approx(0.001, abs=1e-5)
+
+
+def top_k_rounds(score_fn, weights, chosen, density, rounds):
+    """Reference SynFlow rounds in float64 numpy: `score_fn(masked weights)` ->
+    {name: scores}; keeps the highest alive scores of the exponential
+    schedule's counts, ties to the later position (the library's rule)."""
+    mask = {n: np.ones(np.shape(w), bool) for n, w in weights.items()}
+    total = sum(mask[n].size for n in chosen)
+    for k in range(1, rounds + 1):
+        scores = score_fn({n: w * mask[n] for n, w in weights.items()})
+        flat_scores = np.concatenate([np.ravel(scores[n]) for n in chosen])
+        alive = np.concatenate([np.ravel(mask[n]) for n in chosen])
+        n_keep = int(np.floor(density ** (k / rounds) * total + 0.5))
+        keep = np.zeros(total, bool)
+        keep[np.argsort(np.where(alive, flat_scores, -np.inf), kind="stable")[total - n_keep:]] = True
+        parts = np.split(keep, np.cumsum([mask[n].size for n in chosen])[:-1])
+        mask.update({n: part.reshape(mask[n].shape) for n, part in zip(chosen, parts)})
+    return np.concatenate([np.ravel(mask[n]) for n in chosen])
+
+
+def synflow_in(on, apply_fn, params, input_shape, rounds):
+    """The library's SynFlow mask at 10% (flat over the kernels), with x64 on
+    or off inside a context (restored on exit, so nothing leaks into other tests)."""
+    with x64(on):
+        mask = at_init.synflow(apply_fn, params, masks.ones_like(params), input_shape, 0.1, rounds=rounds)
+    leaves = masks.named_leaves(mask)
+    chosen = pruning.chosen_leaves(mask)
+    assert all(np.asarray(leaves[n]).any() for n in chosen), "a layer was emptied"
+    return np.concatenate([np.ravel(np.asarray(leaves[n])) for n in chosen])
+
+
+def test_synflow_deep_mlp_with_biases_is_exact_in_float32_and_float64():
+    """22 hidden layers of 24, kernels and (non-zero) biases large enough that
+    R ~ 1e41 is beyond float32: the mask in float32 and in float64 is the top-k of
+    float64 scores computed here by hand (forward and backward of the positive net)."""
+    model = models.get("mlp", num_classes=10, widths=(24,) * 22)
+    params = model.init(jax.random.key(0), jnp.ones((1, 24)))["params"]
+    keys = iter(jax.random.split(jax.random.key(1), len(params)))
+    params = {layer: {"kernel": 16.0 * p["kernel"], "bias": jax.random.normal(next(keys), p["bias"].shape)}
+              for layer, p in params.items()}
+    layers = [f"dense_{i}" for i in range(22)] + ["output"]
+    weights = {f"{layer}/{leaf}": np.abs(np.asarray(params[layer][leaf], np.float64))
+               for layer in layers for leaf in ("kernel", "bias")}
+
+    r_values = []
+
+    def scores(w):  # the positive network on ones: every ReLU passes its (positive) input
+        acts = [np.ones(24)]
+        for layer in layers:
+            acts.append(acts[-1] @ w[f"{layer}/kernel"] + w[f"{layer}/bias"])
+        r_values.append(acts[-1].sum())
+        back, out = np.ones(10), {}
+        for layer, a in zip(reversed(layers), reversed(acts[:-1])):
+            out[f"{layer}/kernel"] = w[f"{layer}/kernel"] * np.outer(a, back)
+            back = w[f"{layer}/kernel"] @ back
+        return out
+    chosen = [f"{layer}/kernel" for layer in sorted(layers)]  # the library's leaf order
+    want = top_k_rounds(scores, weights, chosen, 0.1, 3)
+    assert 1e40 < r_values[0] < 1e300  # R of the dense network
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+    for on in (False, True):
+        assert np.array_equal(synflow_in(on, apply_fn, params, (24,), 3), want)
+
+
+def test_synflow_resnet56_is_exact_in_float32_and_float64(quick_compile):
+    """The zoo's ResNet-56 (identity skips, BatchNorm in evaluation mode; on
+    8x8 inputs and with the plain conv gradient, to compile faster): R ~ 1e46,
+    beyond float32. Two rounds to 10% in float32 and in float64 keep every
+    layer and equal the top-k of float64 scores from jax.grad of R itself."""
+    model = models.get("resnet56", num_classes=10, fast_conv=False)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+    params = variables["params"]
+    apply_fn = lambda p, xb: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, xb)  # noqa: E731
+    names = list(masks.named_leaves(params))
+    r_values = []
+
+    def scores(w):
+        with x64(True):
+            q = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [jnp.asarray(w[n]) for n in names])
+            r, g = grad_r(q)
+        r_values.append(float(r))
+        return {n: np.abs(np.asarray(gi) * w[n]) for n, gi in masks.named_leaves(g).items()}
+    with x64(True):
+        grad_r = jax.jit(jax.value_and_grad(lambda q: jnp.sum(apply_fn(q, jnp.ones((1, 8, 8, 3), jnp.float64)))))
+    weights = {n: np.abs(np.asarray(w, np.float64)) for n, w in masks.named_leaves(params).items()}
+    want = top_k_rounds(scores, weights, pruning.chosen_leaves(masks.ones_like(params)), 0.1, 2)
+    assert 1e40 < r_values[0] < 1e300
+    for on in (False, True):
+        assert np.array_equal(synflow_in(on, apply_fn, params, (8, 8, 3), 2), want)
+
+
+def test_synflow_beyond_float32_even_rescaled_is_one_clear_error():
+    """Kernels 1e20 times their initialisation: R ~ 1e100, past what float32
+    holds even rescaled (about 1e74); float64 holds it."""
+    model = models.get("mlp", num_classes=10, widths=(24,) * 4)
+    params = jax.tree_util.tree_map(lambda w: 1e20 * w, model.init(jax.random.key(0), jnp.ones((1, 24)))["params"])
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+    with pytest.raises(LthError, match=r"not finite in float32 even rescaled .* float64 reaches about 1e614"):
+        at_init.synflow(apply_fn, params, masks.ones_like(params), (24,), 0.1, rounds=1)
+    synflow_in(True, apply_fn, params, (24,), 1)
+
+
+def test_synflow_without_a_path_is_one_clear_error():
+    model, params, *_ = tiny()
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+    cut = masks.ones_like(params)
+    cut["b"]["kernel"] = jnp.zeros_like(cut["b"]["kernel"])
+    with pytest.raises(LthError, match="R .* is 0: no input-output path"):
+        at_init.synflow(apply_fn, params, cut, (3,), 0.5, rounds=2, which=masks.prunable(params, exclude=["b/kernel"]))

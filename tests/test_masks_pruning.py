@@ -204,7 +204,9 @@ def test_float64_scores_are_ranked_in_float64():
     keep their float64 order: a float32 cast would make them ties, broken by position."""
     rng = np.random.default_rng(0)
     shapes = {"a": (12, 10), "b": (10, 8)}
-    with jax.enable_x64(True):  # restored on exit: nothing leaks into other tests
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)  # restored below: nothing leaks into other tests
+    try:
         exponents = {k: rng.permutation(np.prod(s)).reshape(s) for k, s in shapes.items()}
         scores = {k: {"kernel": jnp.asarray(1e39 * 1.5 ** e)} for k, e in exponents.items()}  # all above 3.4e38
         ones = masks.ones_like(scores)
@@ -222,3 +224,5 @@ def test_float64_scores_are_ranked_in_float64():
         end = {"a": {"kernel": -1.0 - 1e-12 * jnp.arange(4.0, 0.0, -1.0)[None]}}  # ties in float32
         gone = pruning.activate_while_pruning(end, start, masks.ones_like(start), 1)
         assert np.asarray(gone["a"]["kernel"]).tolist() == [[True, True, True, False]]
+    finally:
+        jax.config.update("jax_enable_x64", before)
