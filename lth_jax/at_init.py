@@ -12,10 +12,14 @@ Definitions, as in the papers and the Synaptic-Flow reference code:
 - SNIP (Lee et al. 2019): ``|g * w|``, g the gradient of the loss summed
   over the given batches, at the masked parameters.
 - GraSP (Wang et al. 2020): ``-w * (H g)`` with g the loss gradient and H
-  the Hessian, both summed over the batches, Hg by differentiating ``g .
-  stop_gradient(g)`` (double backprop; no Hessian is formed), the logits
-  divided by `temperature` (200, as both references); the weights with the
-  *highest* score are removed (kept: the lowest).
+  the Hessian, both summed over the batches and both taken with respect to
+  the prunable weights only (`which`, default the kernels; biases and
+  normalisation parameters held fixed, so Hg has no bias block H_wb g_b), as
+  both reference codes do (alecwangcq/GraSP differentiates by the Conv and
+  Linear weights, ganguli-lab/Synaptic-Flow by its masked parameters). Hg by
+  differentiating ``g . stop_gradient(g)`` (double backprop; no Hessian is
+  formed), the logits divided by `temperature` (200, as both references);
+  the weights with the *highest* score are removed (kept: the lowest).
 - SynFlow (Tanaka et al. 2020): data-free; ``|w * dR/dw|`` with ``R =
   sum(f(1))``, f the network with every parameter replaced by its absolute
   value (masked; biases included, as the reference code does) and 1 an
@@ -76,19 +80,33 @@ def snip_scores(loss_fn, params, mask, batches):
     return jax.tree_util.tree_map(lambda gi, wi: jnp.abs(gi * wi), g, p)
 
 
-def grasp_scores(loss_fn, params, mask, batches):
-    """-w * (H g) at the masked parameters (loss_fn should include the
-    temperature; `grasp` divides the logits by it for you)."""
+def grasp_scores(loss_fn, params, mask, batches, which=None):
+    """-w * (H g) at the masked parameters for the prunable leaves (`which`,
+    default the kernels), g and Hg taken with respect to those leaves only
+    (the others held fixed, as both reference codes do); 0 for the other
+    leaves. loss_fn should include the temperature (`grasp` divides the
+    logits by it for you)."""
     masks_lib.check(mask, params)
+    chosen = set(pruning.chosen_leaves(mask, which, "grasp"))
     p = masks_lib.apply(params, mask)
     batches = _batches(batches)
-    g = jax.lax.stop_gradient(_summed_grad(loss_fn, p, batches))
+    leaves, treedef = jax.tree_util.tree_flatten(p)
+    index = [i for i, name in enumerate(masks_lib.named_leaves(p)) if name in chosen]
 
-    def g_dot_g(q):
-        gq = _summed_grad(loss_fn, q, batches)
-        return sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(gq), jax.tree_util.tree_leaves(g)))
-    hg = jax.grad(g_dot_g)(p)
-    return jax.tree_util.tree_map(lambda h, w: -w * h, hg, p)
+    def grad_w(ws):  # the loss gradient with respect to the prunable leaves, summed over the batches
+        def loss_w(ws, x, y):
+            full = list(leaves)
+            for i, w in zip(index, ws):
+                full[i] = w
+            return loss_fn(jax.tree_util.tree_unflatten(treedef, full), x, y)
+        return [sum(gs) for gs in zip(*(jax.grad(loss_w)(ws, x, y) for x, y in batches))]
+    w = [leaves[i] for i in index]
+    g = jax.lax.stop_gradient(grad_w(w))
+    hg = jax.grad(lambda ws: sum(jnp.vdot(a, b) for a, b in zip(grad_w(ws), g)))(w)
+    scores = [jnp.zeros_like(leaf) for leaf in leaves]
+    for i, wi, h in zip(index, w, hg):
+        scores[i] = -wi * h
+    return jax.tree_util.tree_unflatten(treedef, scores)
 
 
 def synflow_scores(apply_fn, params, mask, input_shape, dtype=None):
@@ -169,7 +187,7 @@ def grasp(logits_fn, params, mask, batches, target_density, *, temperature=200.0
 
     def loss_fn(p, x, y):
         return loss(logits_fn(p, x) / temperature, y)
-    scores = grasp_scores(loss_fn, params, mask, batches)
+    scores = grasp_scores(loss_fn, params, mask, batches, which)
     return _keep(jax.tree_util.tree_map(jnp.negative, scores), mask, target_density, distribution, which)
 
 

@@ -76,6 +76,36 @@ def test_grasp_matches_the_explicit_hessian():
     np.testing.assert_allclose(scores, -np.asarray(w) * (hessian @ g), rtol=1e-4, atol=1e-9)
 
 
+def test_grasp_differentiates_by_the_kernels_only():
+    """An MLP with biases: -w * (H g) with g and H taken with respect to the
+    kernels only, biases held fixed (alecwangcq/GraSP, ganguli-lab/Synaptic-Flow),
+    against a float64 Hessian of a hand-written forward; the biases score 0."""
+    model = models.get("mlp", num_classes=3, widths=(6,))
+    params = model.init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+    params["dense_0"]["bias"] = 0.5 * jax.random.normal(jax.random.key(3), (6,))
+    x, y = jax.random.normal(jax.random.key(1), (16, 5)), jnp.arange(16) % 3
+    loss_fn = lambda p, xb, yb: jnp.mean(cross_entropy(model.apply({"params": p}, xb), yb))  # noqa: E731
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    scores = jax.jit(lambda p: at_init.grasp_scores(loss_fn, p, masks.ones_like(p), batches))(params)
+    with x64(True):
+        f64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+        shapes = [(5, 6), (6, 3)]
+
+        def total(kernels):  # the loss summed over the batches, biases fixed
+            w0, w1 = kernels[:30].reshape(shapes[0]), kernels[30:].reshape(shapes[1])
+            out = 0.0
+            for xb, yb in batches:
+                h = jax.nn.relu(jnp.asarray(xb, jnp.float64) @ w0 + f64["dense_0"]["bias"])
+                logp = jax.nn.log_softmax(h @ w1 + f64["output"]["bias"])
+                out += -jnp.mean(logp[jnp.arange(len(yb)), yb])
+            return out
+        w = jnp.concatenate([jnp.ravel(f64["dense_0"]["kernel"]), jnp.ravel(f64["output"]["kernel"])])
+        want = -np.asarray(w) * (np.asarray(jax.jit(jax.hessian(total))(w)) @ np.asarray(jax.jit(jax.grad(total))(w)))
+    got = np.concatenate([np.ravel(scores["dense_0"]["kernel"]), np.ravel(scores["output"]["kernel"])])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert not np.any(scores["dense_0"]["bias"]) and not np.any(scores["output"]["bias"])
+
+
 def test_grasp_removes_the_highest_scores():
     _, params, x, y, logits_fn, _ = tiny()
     ones = masks.ones_like(params)
