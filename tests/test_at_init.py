@@ -155,29 +155,32 @@ def test_synflow_avoids_layer_collapse_where_magnitude_and_snip_do_not():
     assert masks.density(syn) == pytest.approx(0.001, abs=1e-5)
 
 
-def top_k_rounds(score_fn, weights, chosen, density, rounds):
+def top_k_rounds(score_fn, weights, chosen, density, rounds, uniform=False):
     """Reference SynFlow rounds in float64 numpy: `score_fn(masked weights)` ->
     {name: scores}; keeps the highest alive scores of the exponential
-    schedule's counts, ties to the later position (the library's rule)."""
+    schedule's counts (over all `chosen` leaves, or per leaf if `uniform`),
+    ties to the later position (the library's rule)."""
     mask = {n: np.ones(np.shape(w), bool) for n, w in weights.items()}
-    total = sum(mask[n].size for n in chosen)
     for k in range(1, rounds + 1):
         scores = score_fn({n: w * mask[n] for n, w in weights.items()})
-        flat_scores = np.concatenate([np.ravel(scores[n]) for n in chosen])
-        alive = np.concatenate([np.ravel(mask[n]) for n in chosen])
-        n_keep = int(np.floor(density ** (k / rounds) * total + 0.5))
-        keep = np.zeros(total, bool)
-        keep[np.argsort(np.where(alive, flat_scores, -np.inf), kind="stable")[total - n_keep:]] = True
-        parts = np.split(keep, np.cumsum([mask[n].size for n in chosen])[:-1])
-        mask.update({n: part.reshape(mask[n].shape) for n, part in zip(chosen, parts)})
+        for group in ([[n] for n in chosen] if uniform else [chosen]):
+            flat_scores = np.concatenate([np.ravel(scores[n]) for n in group])
+            alive = np.concatenate([np.ravel(mask[n]) for n in group])
+            total = alive.size
+            n_keep = int(np.floor(density ** (k / rounds) * total + 0.5))
+            keep = np.zeros(total, bool)
+            keep[np.argsort(np.where(alive, flat_scores, -np.inf), kind="stable")[total - n_keep:]] = True
+            parts = np.split(keep, np.cumsum([mask[n].size for n in group])[:-1])
+            mask.update({n: part.reshape(mask[n].shape) for n, part in zip(group, parts)})
     return np.concatenate([np.ravel(mask[n]) for n in chosen])
 
 
-def synflow_in(on, apply_fn, params, input_shape, rounds):
+def synflow_in(on, apply_fn, params, input_shape, rounds, distribution="global"):
     """The library's SynFlow mask at 10% (flat over the kernels), with x64 on
     or off inside a context (restored on exit, so nothing leaks into other tests)."""
     with x64(on):
-        mask = at_init.synflow(apply_fn, params, masks.ones_like(params), input_shape, 0.1, rounds=rounds)
+        mask = at_init.synflow(apply_fn, params, masks.ones_like(params), input_shape, 0.1, rounds=rounds,
+                               distribution=distribution)
     leaves = masks.named_leaves(mask)
     chosen = pruning.chosen_leaves(mask)
     assert all(np.asarray(leaves[n]).any() for n in chosen), "a layer was emptied"
@@ -186,8 +189,9 @@ def synflow_in(on, apply_fn, params, input_shape, rounds):
 
 def test_synflow_deep_mlp_with_biases_is_exact_in_float32_and_float64():
     """22 hidden layers of 24, kernels and (non-zero) biases large enough that
-    R ~ 1e41 is beyond float32: the mask in float32 and in float64 is the top-k of
-    float64 scores computed here by hand (forward and backward of the positive net)."""
+    R ~ 1e41 is beyond float32: the mask in float32 and in float64 (and the
+    uniform distribution's in float32) is the top-k of float64 scores computed
+    here by hand (forward and backward of the positive net)."""
     model = models.get("mlp", num_classes=10, widths=(24,) * 22)
     params = model.init(jax.random.key(0), jnp.ones((1, 24)))["params"]
     keys = iter(jax.random.split(jax.random.key(1), len(params)))
@@ -215,6 +219,8 @@ def test_synflow_deep_mlp_with_biases_is_exact_in_float32_and_float64():
     apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
     for on in (False, True):
         assert np.array_equal(synflow_in(on, apply_fn, params, (24,), 3), want)
+    per_layer = top_k_rounds(scores, weights, chosen, 0.1, 3, uniform=True)
+    assert np.array_equal(synflow_in(False, apply_fn, params, (24,), 3, "uniform"), per_layer)
 
 
 def test_synflow_resnet56_is_exact_in_float32_and_float64(quick_compile):
