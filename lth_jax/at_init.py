@@ -39,7 +39,8 @@ Definitions, as in the papers and the Synaptic-Flow reference code:
   each layer's weights alone would not be exact across skip connections. The
   scores are computed in float32, or float64 when `jax_enable_x64` is on,
   and ranked in that dtype; R beyond the rescaling's reach (about 1e74 in
-  float32, 1e614 in float64) or not finite raises LthError.
+  float32, 1e614 in float64) or not finite, or R = 0 before any pruning (no
+  input-output path), raises LthError.
 
 All three are pure and jit-compatible (the density and the round count are
 static); `synflow` compiles its rounds itself, and raises on R out of range
