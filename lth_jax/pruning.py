@@ -7,7 +7,9 @@ come back.
 Exact counts: a group of n_alive remaining weights loses
 ``floor(fraction * n_alive + 0.5)`` of them (round half up). Ties: among equal
 scores, the weight that comes first in the flattened order (leaf order of the
-pytree, then row-major position) is removed first.
+pytree, then row-major position) is removed first. Scores are ranked in their
+own dtype (float64 ones stay float64: a cast to float32 would turn scores above
+3.4e38 into ties).
 
 Scopes:
 - ``"global"``: one ranking of raw |w| across all prunable leaves (open_lth's
@@ -119,7 +121,7 @@ def _rank_groups(scores_tree, mask, fraction, scope, layer_fractions, which):
         groups.append((fraction, pooled))
 
     for frac, group in groups:
-        flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]).astype(jnp.float32) for n in group])
+        flat_scores = jnp.concatenate([jnp.ravel(score_leaves[n]) for n in group])
         flat_alive = jnp.concatenate([jnp.ravel(names[n]) for n in group])
         _unflatten_into(new, group, names, _keep_after_removing(flat_scores, flat_alive, frac))
     treedef = jax.tree_util.tree_structure(mask)
@@ -235,7 +237,7 @@ def to_density(scores_tree, mask, density, distribution="global", which=None):
         per = layer_densities({n: tuple(np.shape(names[n])) for n in chosen}, density, distribution)
         groups = [([n], int(np.floor(per[n] * np.size(names[n]) + 0.5))) for n in chosen]
     for group, n_keep in groups:
-        mask = with_flat(mask, group, keep_top(flat(scores_tree, group, jnp.float32), flat(mask, group), n_keep))
+        mask = with_flat(mask, group, keep_top(flat(scores_tree, group), flat(mask, group), n_keep))
     return mask
 
 
@@ -248,11 +250,11 @@ def chosen_leaves(mask, which=None, what="pruning") -> list:
     return chosen
 
 
-def flat(tree, names, dtype=None):
-    """The leaves `names` of `tree`, raveled and concatenated (in that order)."""
+def flat(tree, names):
+    """The leaves `names` of `tree`, raveled and concatenated (in that order;
+    mixed dtypes promote, as `jnp.concatenate` does)."""
     leaves = masks_lib.named_leaves(tree)
-    return jnp.concatenate([jnp.ravel(leaves[n]) if dtype is None else jnp.ravel(leaves[n]).astype(dtype)
-                            for n in names])
+    return jnp.concatenate([jnp.ravel(leaves[n]) for n in names])
 
 
 def with_flat(mask, group, keep):
@@ -280,7 +282,7 @@ def activate_while_pruning(params_end, params_start, mask, n_remove, which=None)
     _check(params_end, mask)
     chosen = chosen_leaves(mask, which, "activate_while_pruning")
     alive = flat(mask, chosen)
-    w_end, w_start = flat(params_end, chosen, jnp.float32), flat(params_start, chosen, jnp.float32)
+    w_end, w_start = flat(params_end, chosen), flat(params_start, chosen)
     candidate = alive & (w_end < 0)
     order = ranks(jnp.where(candidate, jnp.abs(w_end - w_start), jnp.inf))
     return with_flat(mask, chosen, alive & ~(candidate & (order < n_remove)))

@@ -197,3 +197,32 @@ def test_activate_while_pruning_removes_negative_weights_that_moved_least():
     dead = {"a": {"kernel": jnp.array([[True, False], [True, True]])}, "b": {"kernel": jnp.ones((2, 1), bool)}}
     again = pruning.activate_while_pruning(end, start, dead, 1)  # a dead weight is never counted
     assert np.asarray(again["b"]["kernel"]).tolist() == [[False], [True]]
+
+
+def test_float64_scores_are_ranked_in_float64():
+    """Under x64, scores beyond float32's range (or closer than its precision)
+    keep their float64 order: a float32 cast would make them ties, broken by position."""
+    rng = np.random.default_rng(0)
+    shapes = {"a": (12, 10), "b": (10, 8)}
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)  # restored below: nothing leaks into other tests
+    try:
+        exponents = {k: rng.permutation(np.prod(s)).reshape(s) for k, s in shapes.items()}
+        scores = {k: {"kernel": jnp.asarray(1e39 * 1.5 ** e)} for k, e in exponents.items()}  # all above 3.4e38
+        ones = masks.ones_like(scores)
+        flat_scores = np.concatenate([np.ravel(scores[k]["kernel"]) for k in shapes])
+        top = np.argsort(-flat_scores, kind="stable")[:int(np.floor(0.3 * flat_scores.size + 0.5))]
+        want = np.zeros(flat_scores.size, bool)
+        want[top] = True
+        for keep in (pruning.to_density(scores, ones, 0.3), pruning.magnitude(scores, ones, 0.7)):
+            assert np.array_equal(np.concatenate([np.ravel(keep[k]["kernel"]) for k in shapes]), want)
+        uniform = pruning.to_density(scores, ones, 0.3, "uniform")
+        for k in shapes:
+            kept = np.asarray(scores[k]["kernel"])[np.asarray(uniform[k]["kernel"])]
+            assert kept.min() > np.asarray(scores[k]["kernel"])[~np.asarray(uniform[k]["kernel"])].max()
+        start = {"a": {"kernel": jnp.zeros((1, 4))}}
+        end = {"a": {"kernel": -1.0 - 1e-12 * jnp.arange(4.0, 0.0, -1.0)[None]}}  # ties in float32
+        gone = pruning.activate_while_pruning(end, start, masks.ones_like(start), 1)
+        assert np.asarray(gone["a"]["kernel"]).tolist() == [[True, True, True, False]]
+    finally:
+        jax.config.update("jax_enable_x64", before)

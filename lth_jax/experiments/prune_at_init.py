@@ -129,8 +129,8 @@ class PruneAtInit:
         if method == "grasp":
             return at_init.grasp(self.logits, params, ones, self.batches(r), density, distribution=p.distribution)
         if method == "synflow":
-            return jax.jit(lambda q: at_init.synflow(self.logits, q, ones, self.parts.dataset.input_shape, density,
-                                                     rounds=p.synflow_rounds, distribution=p.distribution))(params)
+            return at_init.synflow(self.logits, params, ones, self.parts.dataset.input_shape, density,
+                                   rounds=p.synflow_rounds, distribution=p.distribution)
         if method == "magnitude":
             return pruning.magnitude(params, ones, target_density=density, distribution=p.distribution)
         key = jax.random.fold_in(jax.random.fold_in(self.keys["prune"], r), int(round(density * 1e6)))
