@@ -259,7 +259,9 @@ def incoming_l1(params, flow_: Flow, mask=None) -> dict:
     unit's incoming weights (alive ones where `mask` is given; for a Conv, its
     whole kernel slice), summed over the layers of its group."""
     kept = params if mask is None else masks_lib.apply(params, mask)
-    return {g[0]: sum(_per_unit(kept, flow_, g, lambda k: jnp.abs(k).astype(jnp.float32).sum(0)))
+    # summed in at least float32 (bfloat16 weights), in float64 under x64: ranked in the norms' own dtype
+    return {g[0]: sum(_per_unit(kept, flow_, g, lambda k: jnp.abs(k).astype(jnp.promote_types(k.dtype, jnp.float32))
+                                .sum(0)))
             for g in hidden_groups(flow_)}
 
 
