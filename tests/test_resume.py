@@ -82,7 +82,7 @@ def test_ctrl_c_twice_stops_at_once_in_one_line_and_resumes(tmp_path):
     """The second Ctrl-C comes while the first one's checkpoint is being saved:
     the run ends at once (exit 130, one line, no thread's traceback) and the
     same command finishes it."""
-    args = ["--config=configs/train_mnist1d.py", "--config.train.steps=600", "--config.train.eval_every=50",
+    args = ["--config=configs/train_mnist1d.py", "--config.train.steps=300", "--config.train.eval_every=50",
             "--config.train.checkpoint_every=300", "--config.data.source.num_samples=1000"]
     proc = subprocess.Popen([sys.executable, "main.py", "--workdir", str(tmp_path), *args, "--progress"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
