@@ -1,6 +1,7 @@
 """The run mechanism's pieces: atomic files, stages, checkpoints, the divergence guard."""
 import json
 import os
+import signal
 import stat
 import sys
 import threading
@@ -12,6 +13,7 @@ import main as main_py
 from lth_jax import files
 from lth_jax.checkpoint import Checkpointer
 from lth_jax.experiments import train as train_exp
+from lth_jax.stages import Interrupted
 from lth_jax.trainer import Diverged, Guard, Trainer
 from test_run import small_config
 
@@ -99,6 +101,25 @@ def test_a_stage_with_every_checkpoint_damaged_starts_over(tmp_path, capsys):
     assert err.count("is damaged") == 2 and "resuming" not in err
     assert again["final"] == full["final"]
     assert len(os.listdir(os.path.join(workdir, "damaged"))) == 2
+
+
+def test_a_ctrl_c_after_the_last_evaluation_still_stops_the_run(tmp_path, monkeypatch):
+    """Ctrl-C between a stage's last evaluation and the end of its training was
+    swallowed: the run went on to the end and exited 0. It stops there now,
+    the last evaluation checkpointed, and the same call finishes the run."""
+    original = Trainer.run
+
+    def interrupted_at_the_end(self, *args, **kw):
+        state = original(self, *args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)  # the stage's Ctrl-C handler asks to stop
+        return state
+    monkeypatch.setattr(Trainer, "run", interrupted_at_the_end)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(Interrupted, match="interrupted at training step 60"):
+        train_exp.run(small_config(), workdir, progress=False)
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    monkeypatch.setattr(Trainer, "run", original)
+    assert train_exp.run(small_config(), workdir, progress=False)["final"]["step"] == 60
 
 
 def test_an_empty_manifest_in_the_newest_checkpoint_is_one_warning(tmp_path, capsys, monkeypatch):
