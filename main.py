@@ -8,7 +8,9 @@ tells JAX who is who (Cloud TPU VMs, SLURM), or with --coordinator=HOST:PORT
 --num_processes=N --process_id=I. A sweep of configs: python -m lth_jax.sweep.
 
 Exit codes: 0 done; 2 bad input (one line on stderr, nothing in the workdir
-created or deleted); 3 training diverged; 130 interrupted (Ctrl-C), resumable.
+created or deleted) or a fault such as a full disk (one line; the files written
+so far are kept and the same command resumes); 3 training diverged; 130
+interrupted (Ctrl-C), resumable.
 """
 import sys
 
@@ -20,4 +22,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    cli.process(main, sys.argv)

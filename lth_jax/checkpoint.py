@@ -5,9 +5,18 @@ a crash never leaves a half-written checkpoint that a resume would read. A
 checkpoint damaged afterwards (a truncated array file, a broken manifest) is
 moved to `damaged/` beside the checkpoints and the previous one is used
 instead, with one warning line: `restore_latest` never raises on damage.
+
+Orbax reports a failure twice: logged (with tracebacks) from its worker
+threads, then raised in the caller. lth_jax keeps only the raised one (one
+line from the command line), so saving hides orbax's log, and when a
+checkpoint is damaged the warning replaces what the reading threads print.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
+import logging
 import os
 import shutil
 import sys
@@ -37,9 +46,11 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, meta: dict | None = None) -> None:
-        self.manager.save(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})), force=True)
-        self.manager.wait_until_finished()
+        with _logs_silenced("absl"):  # a failure (a full disk) is raised here, in one exception
+            self.manager.save(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})), force=True)
+            kill_point(f"saving:{self.tag}:{int(step)}")
+            self.manager.wait_until_finished()
         kill_point(f"checkpoint:{self.tag}:{int(step)}")
 
     def restore(self, like, step: int | None = None):
@@ -53,18 +64,25 @@ class Checkpointer:
     def restore_latest(self, like, label: str = "checkpoint"):
         """(step, state, meta) of the newest checkpoint that reads back whole, or
         None when there is none. Damaged ones are moved aside with a warning."""
-        for step in reversed(self.steps()):
-            try:
-                state, meta = self.restore(like, step)
-                if int(meta.get("step", -1)) != step:
-                    raise ValueError(f"its metadata names step {meta.get('step')}")
-                return step, state, meta
-            except Exception as e:  # noqa: BLE001 -- any failure to read back means damage
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                moved = self._set_aside(step)
-                print(f"warning: {label} at step {step} is damaged ({type(e).__name__}: {reason}); "
-                      f"moved to {moved}, using the one before it", file=sys.stderr)
-        return None
+        warnings = []
+        with _stderr_held() as held, _logs_silenced("asyncio"):
+            found = None
+            for step in reversed(self.steps()):
+                try:
+                    state, meta = self.restore(like, step)
+                    if int(meta.get("step", -1)) != step:
+                        raise ValueError(f"its metadata names step {meta.get('step')}")
+                    found = step, state, meta
+                    break
+                except Exception as e:  # noqa: BLE001 -- any failure to read back means damage
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    moved = self._set_aside(step)
+                    warnings.append(f"warning: {label} at step {step} is damaged ({type(e).__name__}: {reason}); "
+                                    f"moved to {moved}, using the one before it\n")
+                gc.collect()  # the failed read's futures complain when collected: here, while silenced
+        # the failed read's threads print tracebacks (even during the next read): the warning replaces them
+        sys.stderr.write("".join(warnings) if warnings else held.getvalue())
+        return found
 
     def _set_aside(self, step: int) -> str:
         target = os.path.join(os.path.dirname(self.directory), "damaged", f"{os.path.basename(self.directory)}_{step}")
@@ -88,3 +106,28 @@ class Checkpointer:
         """Only the JSON metadata of a checkpoint (no arrays read)."""
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+@contextlib.contextmanager
+def _logs_silenced(*names):
+    """Python loggers `names` (orbax logs through "absl") off meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """What anyone writes to sys.stderr meanwhile, kept aside."""
+    held, saved = io.StringIO(), sys.stderr
+    sys.stderr = held
+    try:
+        yield held
+    finally:
+        sys.stderr = saved

@@ -1,10 +1,13 @@
 """The command lines of main.py and ``python -m lth_jax.sweep``: parsing a
 config with its overrides, the one-line refusals of bad input, and the exit
-codes (0 done; 2 bad input; 3 training diverged; 130 interrupted, resumable)."""
+codes (0 done; 2 bad input, or a fault such as a full disk after which the
+same command resumes; 3 training diverged; 130 interrupted, resumable)."""
 
 import dataclasses
+import errno
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -94,6 +97,42 @@ def _parse(argv, sweep, usage):
     return Command(cfg, fv.workdir, fv.overwrite, fv.progress, processes, fv.sweep if sweep else "")
 
 
+def check_config(cfg) -> None:
+    """What every command checks of a config before its experiment's own checks."""
+    check_element_types(cfg)
+    check_ignored_sections(cfg)
+
+
+def element_type_error(value: tuple, default: tuple):
+    """Why `value` cannot replace the tuple `default` (an element of another type than all of the
+    default's; an int does for a float), or None."""
+    kinds = {type(v) for v in default}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    for v in value:
+        if not (isinstance(v, kind) or (kind is float and isinstance(v, int) and not isinstance(v, bool))):
+            return f"its elements must be {kind.__name__}, like the default {default!r}"
+    return None
+
+
+def check_element_types(cfg) -> None:
+    """A tuple key's elements have the type of configs/base.py's default ones
+    (ml_collections checks the type of a key, not of its elements)."""
+    from configs import base
+
+    def walk(ours, defaults, prefix):
+        for key in ours.keys():
+            value, default = ours[key], defaults.get(key) if hasattr(defaults, "get") else None
+            if hasattr(value, "keys"):
+                walk(value, default, f"{prefix}{key}.")
+            elif isinstance(value, tuple) and isinstance(default, tuple):
+                why = element_type_error(value, default)
+                if why:
+                    raise BadInput(f"cannot set {prefix}{key} = {value!r}: {why}")
+    walk(cfg, base.get_config(), "")
+
+
 def check_ignored_sections(cfg) -> None:
     """A key set in a section the chosen experiment does not read is an error."""
     from configs import base
@@ -140,7 +179,8 @@ def prepare(cmd: Command, check_sections: bool = True):
     from lth_jax import experiments, parallel
     experiment = experiments.get(cmd.config.experiment)
     if check_sections:
-        check_ignored_sections(cmd.config)
+        check_config(cmd.config)
+        experiment.check_config(cmd.config)
     p = cmd.config.parallel
     if parallel.initialize_distributed(p.distributed, heartbeat_timeout=p.heartbeat_timeout, **cmd.processes):
         import jax
@@ -150,11 +190,17 @@ def prepare(cmd: Command, check_sections: bool = True):
     return experiment
 
 
+# Set when a run stopped on a fault (a full disk): library threads (checkpoint saves,
+# TensorBoard) may still fail at exit, so `exit` ends the process without running them.
+FAULT = False
+
+
 def run(call) -> int:
     """call(), with lth_jax's errors and interruptions turned into an exit code and one line on stderr."""
+    global FAULT
     from lth_jax.errors import LthError
     from lth_jax.trainer import Diverged
-    from lth_jax.stages import POSITION, Interrupted
+    from lth_jax.stages import Interrupted, interrupted_message
     try:
         call()
     except LthError as e:
@@ -168,8 +214,37 @@ def run(call) -> int:
         print(str(e), file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        where = (f"during {POSITION['label']} (last evaluation: step {POSITION['step']})" if POSITION["label"]
-                 else "before training started")
-        print(f"interrupted {where}; run the same command to resume", file=sys.stderr)
+        print(interrupted_message(), file=sys.stderr)
         return 130
+    except OSError as e:
+        FAULT = True
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error(e: OSError) -> str:
+    """One line for a failed read or write while a run works: the files written
+    before it are whole (atomic writes), so the same command resumes."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}; the run's files so far are kept: free some space, then "
+                "run the same command to resume")
+    return (f"{e.strerror or first_line(e)}{where}; the run's files so far are kept: fix that, then run the same "
+            "command to resume")
+
+
+def process(main, argv) -> None:
+    """Run `main(argv)` as the whole process (``python main.py``, ``-m lth_jax.sweep``)
+    and exit with its code: a second Ctrl-C ends it at once (`stages.HARD_STOP`),
+    and so does the exit after a fault (FAULT)."""
+    from lth_jax import stages
+    stages.HARD_STOP = True
+    code = main(argv)
+    # the run is over: a Ctrl-C while the interpreter shuts down (library exit hooks) ends it at once
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(code))
+    if FAULT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -6,11 +6,16 @@ null (and read back as NaN where a number is expected).
 In a run of several processes only process 0 writes (`lth_jax.parallel`):
 the others compute the same values and skip every write here.
 
-`kill_point(name)` lets the crash tests SIGKILL the process at a named moment
-(`LTH_JAX_KILL_AT=<glob>`); unset, it does nothing.
+Files get the permissions of an ordinary write (0666 less the umask), so a
+run's results are as readable as any other file its user writes.
+
+`kill_point(name)` lets the crash tests stop the process at a named moment
+(`LTH_JAX_KILL_AT=<glob>`) with a fault (`LTH_JAX_KILL_WITH`: SIGKILL, the
+default; SIGINT, a Ctrl-C; ENOSPC, a full disk); unset, it does nothing.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import io
 import json
@@ -18,20 +23,25 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
 
 KILL_ENV = "LTH_JAX_KILL_AT"
+KILL_WITH_ENV = "LTH_JAX_KILL_WITH"
 KILL_SCOPE = ""  # set by a sweep to "runs/NNN/" while it trains run NNN: moments are named per run
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process when $LTH_JAX_KILL_AT matches KILL_SCOPE + `name` (crash tests)."""
+    """When $LTH_JAX_KILL_AT matches KILL_SCOPE + `name` (crash tests): SIGKILL
+    this process, or send it $LTH_JAX_KILL_WITH (SIGINT: Ctrl-C, handled where
+    Python next runs; ENOSPC: raise the OSError of a full disk here)."""
     target = os.environ.get(KILL_ENV)
     if target and fnmatch.fnmatchcase(KILL_SCOPE + name, target):
-        os.kill(os.getpid(), signal.SIGKILL)
+        how = os.environ.get(KILL_WITH_ENV, "SIGKILL")
+        if how == "ENOSPC":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.kill(os.getpid(), getattr(signal, how))
 
 
 def writes_files() -> bool:
@@ -45,7 +55,7 @@ def atomic_write(path: str, data: bytes) -> None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -58,6 +68,18 @@ def atomic_write(path: str, data: bytes) -> None:
             os.remove(tmp)
         raise
     _fsync_dir(folder)
+
+
+def _create_temporary(folder: str, name: str) -> tuple:
+    """(fd, path) of a new ".NAME.XXXXXXXX.tmp" in `folder`, created as open()
+    creates a file (mode 0666 less the umask): tempfile.mkstemp's 0600 would
+    make every result unreadable to anyone else."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(folder: str) -> None:
@@ -99,8 +121,15 @@ def write_json(path: str, value) -> None:
 
 
 def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    """The JSON value of a file lth_jax wrote; one LthError when it no longer
+    reads as JSON (truncated or edited after it was written whole)."""
+    from lth_jax.errors import LthError
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LthError(f"{path} is not readable JSON ({str(e).splitlines()[0]}): it was damaged or changed after it "
+                       "was written; put back a good copy, or start a new --workdir") from None
 
 
 # ---- JSON lines -------------------------------------------------------------------------------

@@ -123,6 +123,8 @@ def evaluate(workdir: str, severities=(1, 3, 5), names=None, examples: int = 200
     the module docstring); `finished=False` lets a run evaluate itself before
     it writes its summary."""
     from lth_jax.experiments import common
+    check(examples >= 1, f"the test examples evaluated (--examples, lottery.robustness_examples) must be >= 1, "
+                         f"got {examples}")
     rundir = RunDir(workdir)
     check(is_run(rundir.path), f"{workdir} is not a lth_jax workdir (no config.json)")
     config = read_json(rundir.file("config.json"))
@@ -257,10 +259,14 @@ def main(argv=None) -> int:
         severities = tuple(int(s) for s in args.severities.split(",") if s.strip())
         names = [n.strip() for n in args.corruptions.split(",") if n.strip()] or None
         result = evaluate(args.workdir, severities, names, args.examples)
+        write(RunDir(args.workdir), result)
     except (LthError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write(RunDir(args.workdir), result)
+    except OSError as e:
+        from lth_jax.cli import os_error
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

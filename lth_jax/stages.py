@@ -11,7 +11,10 @@ checkpoint the stage starts over. An experiment lists its stages and what
 each computes; it writes no resume logic of its own.
 
 Ctrl-C (SIGINT) while a stage trains stops at the end of the current chunk:
-the state is checkpointed at that evaluation and `Interrupted` is raised.
+the state is checkpointed at that evaluation and `Interrupted` is raised. A
+second Ctrl-C stops at once: from the command line (`HARD_STOP`) the process
+ends there with exit code 130, as if killed, and resumes from its last
+checkpoint; elsewhere (a notebook) KeyboardInterrupt is raised.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -32,6 +36,19 @@ from lth_jax.trainer import Diverged, Guard
 
 # Where the run is (stage label, last evaluated step): for the Ctrl-C message.
 POSITION = {"label": None, "step": None}
+# Set by the command line: a second Ctrl-C ends the process at once, before library threads
+# (checkpoint saves, TensorBoard) can fill the terminal with their tracebacks.
+HARD_STOP = False
+
+
+def interrupted_message() -> str:
+    """The one line for a Ctrl-C, saying where the run was."""
+    label, step = POSITION["label"], POSITION["step"]
+    if label is None:
+        where = "before training started"
+    else:
+        where = f"during {label}" + (f" (last evaluation: step {step})" if step is not None else "")
+    return f"interrupted {where}; run the same command to resume"
 
 
 class Interrupted(Exception):
@@ -128,6 +145,8 @@ class Stage:
         after_eval(state, record), if given, runs after each evaluation is logged
         and before its checkpoint (to write per-evaluation artefacts)."""
         os.makedirs(self.path, exist_ok=True)
+        if POSITION["label"] != self.label:  # a Ctrl-C before the first evaluation names this stage
+            POSITION.update(label=self.label, step=None)
 
         def on_eval(st, record):
             record = json.loads(dumps(record))  # the form a resumed run reads back
@@ -146,10 +165,13 @@ class Stage:
 
         with deferred_interrupt() as stopping:
             try:
-                return trainer.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress,
-                                   guard=self.guard, donate=True)
+                state = trainer.run(state, stop, eval_every, key, on_eval=on_eval, progress=progress,
+                                    guard=self.guard, donate=True)
             except Diverged as e:
                 raise Diverged(e.step, f"{e.reason}; {self._last_finite_checkpoint()}") from None
+            if stopping["requested"]:  # Ctrl-C after the last evaluation: `stop` is checkpointed
+                raise Interrupted(self.label, POSITION["step"])
+            return state
 
     def _last_finite_checkpoint(self) -> str:
         by_step = {r["step"]: r for r in self.records}
@@ -172,6 +194,10 @@ def deferred_interrupt():
 
     def handler(signum, frame):
         if stopping["requested"]:
+            if HARD_STOP:
+                print(interrupted_message(), file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(130)
             raise KeyboardInterrupt
         stopping["requested"] = True
         print("Ctrl-C: stopping at the next evaluation (press again to stop at once)", flush=True)

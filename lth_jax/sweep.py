@@ -18,9 +18,10 @@ trains on, so its points run one after another.
 DIR holds ``config.json`` (the base config and the axes), ``runs/NNN/`` (each
 run an ordinary workdir: ``python -m lth_jax.report DIR/runs/NNN`` redraws
 it), ``points/NNN.json`` (a point's values, its run, its member and its
-row), and at the end ``points.csv`` (one row per point), ``summary.json``,
-``table.txt`` and ``plots/sweep.png`` (the headline metric over the axes,
-mean and spread over replicates; lottery sweeps also ``plots/sweep_density.png``).
+row), and at the end ``points.csv`` (one row per point), ``table.txt``,
+``plots/sweep.png`` (the headline metric over the axes, mean and spread over
+replicates; lottery sweeps also ``plots/sweep_density.png``) and, last,
+``summary.json``, which marks the sweep finished (as in every run).
 A killed sweep resumes with the same command: finished runs are skipped and
 the unfinished one resumes from its checkpoints.
 """
@@ -115,6 +116,8 @@ def load_axes(path: str) -> dict:
                                            f"{{config key: [values]}}, got {type(axes).__name__}")
     out = {}
     for key, values in axes.items():
+        check(key != "experiment", "a sweep runs the experiment of its --config: 'experiment' cannot be a sweep "
+                                   "axis; run one sweep per experiment")
         check(isinstance(values, (list, tuple)) and len(values) > 0,
               f"sweep axis {key!r} must list at least one value, got {values!r}")
         values = [tuple(v) if isinstance(v, list) else v for v in values]
@@ -179,11 +182,8 @@ def configured(cfg, overrides: dict, where: str):
             node = node[part]
         if isinstance(node[last], tuple):
             value = as_tuple(value)
-            kinds = {type(v) for v in node[last]}
-            for v in value if len(kinds) == 1 else ():
-                ok = isinstance(v, tuple(kinds)) or (float in kinds and isinstance(v, int) and not isinstance(v, bool))
-                check(ok, f"{where}: cannot set {key} = {value!r}: its elements must be "
-                          f"{next(iter(kinds)).__name__}, like the default {node[last]!r}")
+            why = cli.element_type_error(value, node[last])
+            check(why is None, f"{where}: cannot set {key} = {value!r}: {why}")
         try:
             node[last] = value
         except (TypeError, ValueError) as e:
@@ -212,7 +212,7 @@ class Sweep:
 
     def check(self, cfg, where: str) -> None:
         try:
-            cli.check_ignored_sections(cfg)
+            cli.check_config(cfg)
             self.experiment.check_config(cfg)
         except (LthError, cli.BadInput, TypeError, ValueError) as e:
             raise LthError(f"{where}: {cli.first_line(e)}") from None
@@ -229,11 +229,13 @@ class Sweep:
                 self.train(run, cfg)
             rows = [self.rows[p.index] for p in self.points]
             summary = summarize(rows, self.axes, self.cfg.experiment, time.time() - t0)
-            write_csv(self.rundir.file("points.csv"), rows, self.axes)
             table = format_table(summary["table"])
-            files.atomic_write(self.rundir.file("table.txt"), (table + "\n").encode())
-            draw(self.rundir, summary, rows)
-            self.rundir.write_summary(summary)  # last: it marks the sweep finished
+
+            def write_outputs():
+                write_csv(self.rundir.file("points.csv"), rows, self.axes)
+                files.atomic_write(self.rundir.file("table.txt"), (table + "\n").encode())
+                draw(self.rundir, summary, rows)
+            self.rundir.finish(summary, write_outputs)
             say(tables(summary)[0]["title"])
             say(table)
             say(f"sweep results in {self.rundir.path}: summary.json, points.csv, table.txt, plots/; each run's "
@@ -423,4 +425,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.process(main, sys.argv)

@@ -1,6 +1,19 @@
 """A run's folder: config.json, summary.json, TensorBoard events, and the stage
 folders (see `lth_jax.stages`). Deciding what to do with a --workdir (start,
-resume, extend, replace or refuse) happens here and nowhere else."""
+resume, extend, replace or refuse) happens here and nowhere else.
+
+Every run (and sweep) of lth_jax writes MARKER first, before anything else:
+that file, not a config.json, is how --overwrite knows a folder is a run of
+lth_jax, and --overwrite also refuses a run folder holding anything no run
+writes (RUN_ENTRIES), so nobody's own files are deleted. Runs made before the
+marker existed are resumed, extended and reported as before (their config
+must read back as the run's own); resuming one adds the marker. Replacing
+one needs the marker: delete such a folder by hand instead.
+
+summary.json marks a run finished, and `finish` writes it last, after every
+plot and table: a run stopped at any moment before it is resumed, and the
+resume writes whatever is missing.
+"""
 from __future__ import annotations
 
 import os
@@ -12,10 +25,26 @@ from lth_jax import parallel
 from lth_jax.errors import LthError
 from lth_jax.files import read_json, to_json, write_json
 
+MARKER = "lth_jax_run.json"
+# every name a run or a sweep writes at the top of its folder (stages, outputs, checkpoints)
+RUN_ENTRIES = {MARKER, "config.json", "summary.json", "metrics.jsonl", "done", "result.json", "checkpoints",
+               "damaged", "tensorboard", "plots", "levels", "dense", "sparsity", "density", "fractions", "scores",
+               "groups", "robustness.json", "runs", "points", "points.csv", "table.txt"}
+
 
 def is_run(path: str) -> bool:
-    """A folder holds a run of lth_jax when it has config.json."""
+    """A folder holds a run of lth_jax (or of an lth_jax from before MARKER) when it has config.json."""
     return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def is_marked(path: str) -> bool:
+    """The folder holds MARKER: lth_jax made it."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def _partial_write(name: str) -> bool:
+    """The temporary file of an atomic write a crash interrupted (".NAME.XXXX.tmp")."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 class RunDir:
@@ -35,8 +64,9 @@ class RunDir:
     def start(self, config: dict, overwrite: bool = False, extendable: tuple = ()) -> bool:
         """Prepare the folder; returns True when an unfinished run is being resumed.
 
-        Only a folder holding a run of lth_jax (config.json) is ever resumed or,
-        with `overwrite`, replaced; any other non-empty folder is refused.
+        Only a folder holding a run of lth_jax is ever resumed or, with
+        `overwrite`, replaced (see the module docstring); any other non-empty
+        folder is refused, and nothing in it is touched.
         extendable: (section, key) pairs that may grow on a finished run, e.g.
         ("lottery", "levels"): the run then continues where it stopped (same
         numbers as a run started with the larger value)."""
@@ -61,14 +91,16 @@ class RunDir:
         """"new", "replace", "resume" or "extend" for this folder and config, or LthError."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LthError(f"workdir {self.path} exists and is not a directory; choose another --workdir")
-        if os.path.isdir(self.path) and not is_run(self.path) and os.listdir(self.path):
-            raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no config.json); "
-                           "nothing there is touched: choose a new or empty --workdir")
-        if not is_run(self.path):
-            return "new"
+        entries = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
+        if not [e for e in entries if e != MARKER and not _partial_write(e)]:
+            return "new"  # empty, or a run stopped before its config.json was written
+        marked = is_marked(self.path)
+        if not marked and not is_run(self.path):
+            raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no {MARKER}); nothing "
+                           "there is touched: choose a new or empty --workdir")
         if overwrite:
-            return "replace"
-        old = read_json(self.file("config.json"))
+            return self._replaceable(entries, marked)
+        old = self._old_config(marked)
         if self.finished and self._extends(old, config, extendable):
             return "extend"
         if self.finished:
@@ -83,17 +115,56 @@ class RunDir:
                            "choose a new --workdir, or pass --overwrite")
         return "resume"
 
+    def _replaceable(self, entries: list, marked: bool) -> str:
+        """"replace" for --overwrite, when the folder is a run of lth_jax holding only a run's files."""
+        if not marked:
+            raise LthError(f"workdir {self.path} has a config.json but no {MARKER}, which every run of lth_jax "
+                           "writes first: it may not be a run of lth_jax (or comes from an lth_jax older than "
+                           "that file), so --overwrite deletes nothing there; delete it yourself, or choose "
+                           "another --workdir")
+        foreign = [e for e in entries if e not in RUN_ENTRIES and not _partial_write(e)]
+        if foreign:
+            raise LthError(f"workdir {self.path} holds files no run of lth_jax writes ({', '.join(foreign[:5])}"
+                           f"{', ...' if len(foreign) > 5 else ''}); --overwrite deletes nothing there: move them "
+                           "out of it, or choose another --workdir")
+        return "replace"
+
+    def _old_config(self, marked: bool) -> dict:
+        """The run's config.json, or one LthError when it is missing or no config of a run."""
+        config = self.file("config.json")
+        if not marked:  # only a config.json of lth_jax's own makes this folder an (older) run of lth_jax
+            try:
+                old = read_json(config)
+            except LthError:
+                old = None
+            if not (isinstance(old, dict) and isinstance(old.get("experiment"), str)):
+                raise LthError(f"workdir {self.path} is not empty and holds no lth_jax run (no {MARKER}, and its "
+                               "config.json is not one lth_jax wrote); nothing there is touched: choose a new or "
+                               "empty --workdir")
+            return old
+        if not is_run(self.path):
+            raise LthError(f"workdir {self.path} holds a run of lth_jax without its config.json; choose a new "
+                           "--workdir, or pass --overwrite to replace the run")
+        old = read_json(config)  # a damaged file is one LthError
+        if not isinstance(old, dict):
+            raise LthError(f"{config} holds a JSON {type(old).__name__}, not the config of a run: it was changed "
+                           "after lth_jax wrote it; put back a good copy, choose a new --workdir, or pass "
+                           "--overwrite to replace the run")
+        return old
+
     def _apply(self, action: str, config: dict) -> None:
         existing = self.file("config.json")
+        if action == "replace":
+            shutil.rmtree(self.path)
+        if not is_marked(self.path):  # a new run, or one made before the marker existed
+            write_json(self.file(MARKER), {"written_by": "lth_jax", "what": "a run folder of lth_jax; "
+                                           "--overwrite replaces only folders holding this file"})
         if action == "extend":
             os.remove(self.file("summary.json"))
             write_json(existing, config)
         elif action == "resume":
             self._remove_partial_writes()
         else:
-            if action == "replace":
-                shutil.rmtree(self.path)
-            os.makedirs(self.path, exist_ok=True)
             write_json(existing, config)
 
     def _remove_partial_writes(self) -> None:
@@ -101,7 +172,7 @@ class RunDir:
         for folder, dirs, names in os.walk(self.path):
             dirs[:] = [d for d in dirs if d not in ("checkpoints", "tensorboard")]
             for name in names:
-                if name.startswith(".") and name.endswith(".tmp"):
+                if _partial_write(name):
                     os.remove(os.path.join(folder, name))
 
     @staticmethod
@@ -142,9 +213,15 @@ class RunDir:
             self._tb = SummaryWriter(self.file("tensorboard"))
         return self._tb
 
-    def write_summary(self, summary: dict) -> None:
-        """summary.json, with where its numbers came from (`lth_jax.provenance`) under "provenance"."""
+    def finish(self, summary: dict, write_outputs=None) -> None:
+        """The run's last files: `write_outputs()` writes its plots and tables,
+        then summary.json, which marks the run finished, is written last, with
+        where its numbers came from (`lth_jax.provenance`) under "provenance"."""
         from lth_jax import provenance
+        from lth_jax.stages import POSITION  # stages imports the training code; a run has it loaded
+        POSITION.update(label="the final writes", step=None)
+        if write_outputs is not None:
+            write_outputs()
         config = read_json(self.file("config.json"))
         write_json(self.file("summary.json"), {**summary, "provenance": provenance.record(config)})
 

@@ -1,6 +1,7 @@
-"""Crash harness: run main.py in a subprocess, SIGKILL it at a named moment
-(`LTH_JAX_KILL_AT`, see lth_jax/files.py), run the same command to the end, and
-compare every output file with an uninterrupted run's."""
+"""Crash harness: run main.py in a subprocess, SIGKILL it (or Ctrl-C it, or
+fill its disk) at a named moment (`LTH_JAX_KILL_AT`, `LTH_JAX_KILL_WITH`, see
+lth_jax/files.py), run the same command to the end, and compare every output
+file with an uninterrupted run's."""
 import json
 import os
 import signal
@@ -21,24 +22,41 @@ WALL_KEYS = {"wall_seconds", "examples_per_second", "train_seconds", "measure_se
 CACHE = os.path.join(tempfile.gettempdir(), f"lth_jax_test_xla_cache_{os.getppid()}")
 
 
-def main_py(workdir, args, kill_at=None, timeout=300, program=(os.path.join(ROOT, "main.py"),), **popen):
+def main_py(workdir, args, kill_at=None, timeout=300, program=(os.path.join(ROOT, "main.py"),), kill_with=None,
+            **popen):
     env = dict(os.environ)
     env.pop("LTH_JAX_KILL_AT", None)
+    env.pop("LTH_JAX_KILL_WITH", None)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     if kill_at:
         env["LTH_JAX_KILL_AT"] = kill_at
+    if kill_with:
+        env["LTH_JAX_KILL_WITH"] = kill_with
     return subprocess.run([sys.executable, *program, "--workdir", str(workdir), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
 
 
-def killed_at_each(workdir, args, kill_points: list):
-    """Run, SIGKILLed at each of `kill_points` in turn (each asserted), then to the end."""
-    for kill_at in kill_points:
-        run = main_py(workdir, args, kill_at=kill_at)
-        assert run.returncode == -signal.SIGKILL, (kill_at, run.returncode, run.stderr[-2000:])
-    last = main_py(workdir, args)
+# How each fault ends the command: its exit code and the start of its one line on stderr.
+FAULTS = {"SIGKILL": (-signal.SIGKILL, None), "SIGINT": (130, "interrupted "),
+          "ENOSPC": (2, "error: no space left on the device")}
+
+
+def killed_at_each(workdir, args, kill_points: list, **kw):
+    """Run, stopped at each of `kill_points` in turn (each asserted), then to the end.
+    A kill point is a moment (SIGKILLed there) or (moment, fault), the fault one of
+    FAULTS: SIGINT (Ctrl-C) or ENOSPC (a full disk) end with exactly one line on stderr."""
+    for point in kill_points:
+        kill_at, fault = (point, "SIGKILL") if isinstance(point, str) else point
+        run = main_py(workdir, args, kill_at=kill_at, kill_with=fault, **kw)
+        code, line = FAULTS[fault]
+        assert run.returncode == code, (kill_at, run.returncode, run.stderr[-2000:])
+        if line:
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(line), (kill_at, run.stderr[-3000:])
+            assert lines[0].endswith("run the same command to resume"), lines
+    last = main_py(workdir, args, **kw)
     assert last.returncode == 0, last.stderr[-3000:]
     return last
 
@@ -76,7 +94,17 @@ def _strip(value):
     return value
 
 
+def foreign_entries(workdir) -> list:
+    """What a run (or a sweep and its runs) holds at its top that workdir.RUN_ENTRIES
+    does not name: --overwrite would refuse to replace it."""
+    from lth_jax.workdir import RUN_ENTRIES
+    runs = os.path.join(workdir, "runs")
+    folders = [workdir] + ([os.path.join(runs, r) for r in os.listdir(runs)] if os.path.isdir(runs) else [])
+    return [os.path.join(f, e) for f in folders for e in os.listdir(f) if e not in RUN_ENTRIES]
+
+
 def assert_same_outputs(reference, resumed):
+    assert not foreign_entries(reference), foreign_entries(reference)
     a, b = outputs(reference), outputs(resumed)
     assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
     different = [k for k in a if a[k] != b[k]]

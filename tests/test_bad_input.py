@@ -11,7 +11,9 @@ import pytest
 
 import main as main_py
 from crash import ROOT
+from lth_jax import robustness
 from lth_jax.data.idx import write_idx
+from lth_jax.workdir import MARKER
 
 QUICK = ["--config.train.steps=5", "--config.train.eval_every=5", "--config.train.checkpoint_every=5"]
 TRAIN = ["--config=configs/train_mnist1d.py"] + QUICK
@@ -32,12 +34,32 @@ def idx_dir(path, labels=(0, 1, 2, 3), damaged_gz=False):
     return path
 
 
-def fake_run(path, finished=False, config=None):
+def fake_run(path, finished=False, config=None, marked=False, config_text=None):
+    """A run's folder: config.json (or `config_text` as it), summary.json when
+    `finished`, the marker of lth_jax when `marked` (runs made before it have none)."""
     os.makedirs(path)
-    json.dump(config or {"experiment": "diet", "seed": 1}, open(os.path.join(path, "config.json"), "w"))
+    write(os.path.join(path, "config.json"), config_text if config_text is not None else
+          json.dumps(config or {"experiment": "diet", "seed": 1}))
     if finished:
         json.dump({"experiment": "diet"}, open(os.path.join(path, "summary.json"), "w"))
+    if marked:
+        write(os.path.join(path, MARKER), "{}")
     return path
+
+
+def with_file(folder, name, text="mine"):
+    write(os.path.join(folder, name), text)
+    return folder
+
+
+def foreign(tmp, name, config_text):
+    """Someone else's folder with a config.json and other files."""
+    path = fake_run(os.path.join(tmp, name), config_text=config_text)
+    return with_file(with_file(path, "weights.bin", "\x00" * 16), "README.md", "my model")
+
+
+FOREIGN_CONFIGS = {"plain text": "learning rate 0.1", "empty JSON": "{}", "not JSON": "{'lr': 0.1",
+                   "lth_jax-like": json.dumps({"experiment": "lottery", "seed": 0, "train": {"steps": 5}})}
 
 
 def scores_for_another_data_seed(tmp):
@@ -105,6 +127,19 @@ CASES = {
     "diet members 0": (lambda t: DIET + ["--config.diet.members=0"], "diet.members (K, the scoring ensemble size)"),
     "diet scores missing": (lambda t: DIET + [f"--config.diet.scores_path={os.path.join(t, 'no.npz')}"],
                             "scores file"),
+    "tuple of the wrong elements": (lambda t: ["--config=configs/unit_search_mnist1d.py",
+                                               "--config.unit_search.sparsities=('a',)"],
+                                    "cannot set unit_search.sparsities = ('a',): its elements must be float"),
+    "densities not numbers": (lambda t: ["--config=configs/prune_at_init_mnist1d.py",
+                                         "--config.prune_at_init.densities=('x',)"],
+                              "cannot set prune_at_init.densities = ('x',): its elements must be float"),
+    "min_units above the units kept": (lambda t: ["--config=configs/unit_search_mnist1d.py",
+                                                  "--config.unit_search.criterion_step=5",
+                                                  "--config.unit_search.scope=global",
+                                                  "--config.unit_search.min_units=400"],
+                                       "unit_search.min_units = 400 per layer is more than the"),
+    "measures model unknown": (lambda t: ["--config=configs/measures_mnist1d.py", "--config.measures.widths=()",
+                                          "--config.measures.models=('foo',)"], "unknown model 'foo'"),
     "scores for another data seed": (lambda t: [
         "--config=configs/lottery_diet_mnist1d.py", "--config.data.source.data_seed=7", "--config.lottery.rewind_step=1",
         f"--config.lottery.pretrain_scores={scores_for_another_data_seed(t)}"], "computed on other training examples"),
@@ -123,6 +158,22 @@ WORKDIR_CASES = {
     "--overwrite with bad scores_path": (
         lambda t: (fake_run(os.path.join(t, "ow"), finished=True),
                    DIET + ["--overwrite", f"--config.diet.scores_path={os.path.join(t, 'no.npz')}"]), "scores file"),
+    "--overwrite, a run holding other files": (
+        lambda t: (with_file(fake_run(os.path.join(t, "mine"), finished=True, marked=True), "my_notes.txt"),
+                   ["--overwrite"]), "holds files no run of lth_jax writes (my_notes.txt)"),
+    "--overwrite, a run made before the marker": (lambda t: (fake_run(os.path.join(t, "old"), finished=True),
+                                                             ["--overwrite"]), f"has a config.json but no {MARKER}"),
+    "config.json cut short": (lambda t: (fake_run(os.path.join(t, "cut"), marked=True, config_text='{"experim'), []),
+                              "config.json is not readable JSON (Unterminated string"),
+    "config.json a list": (lambda t: (fake_run(os.path.join(t, "list"), marked=True, config_text="[1, 2]"), []),
+                           "config.json holds a JSON list, not the config of a run"),
+    **{f"foreign config.json, {kind}, --overwrite": (
+        lambda t, text=text, i=i: (foreign(t, f"f{i}", text), ["--overwrite"]), f"has a config.json but no {MARKER}")
+       for i, (kind, text) in enumerate(FOREIGN_CONFIGS.items())},
+    **{f"foreign config.json, {kind}": (
+        lambda t, text=text, i=i: (foreign(t, f"f{i}", text), []),
+        "different config" if kind == "lth_jax-like" else "holds no lth_jax run")
+       for i, (kind, text) in enumerate(FOREIGN_CONFIGS.items())},
 }
 
 
@@ -198,8 +249,37 @@ def test_overwrite_replaces_only_a_run(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     args = ["main.py", "--workdir", workdir, *TRAIN, "--config.data.source.num_samples=1000", "--noprogress"]
     assert main_py.main(args) == 0
-    write(os.path.join(workdir, "stale.txt"), "from the old run")
     assert main_py.main(args) == 2 and "finished run" in capsys.readouterr().err
+    write(os.path.join(workdir, "notes.txt"), "mine")
+    before = snapshot(workdir)
+    assert main_py.main(args + ["--overwrite"]) == 2
+    check_one_line(2, capsys.readouterr().err, "holds files no run of lth_jax writes (notes.txt)")
+    assert snapshot(workdir) == before
+    os.remove(os.path.join(workdir, "notes.txt"))
+    write(os.path.join(workdir, "plots", "stale.png"), "from the old run")
     assert main_py.main(args + ["--overwrite"]) == 0
-    assert not os.path.exists(os.path.join(workdir, "stale.txt"))
-    assert os.path.exists(os.path.join(workdir, "summary.json"))
+    assert not os.path.exists(os.path.join(workdir, "plots", "stale.png"))
+    assert os.path.exists(os.path.join(workdir, "summary.json")) and os.path.exists(os.path.join(workdir, MARKER))
+
+
+def test_a_run_made_before_the_marker_resumes_but_is_not_replaced(tmp_path, capsys):
+    """Runs of an lth_jax older than the marker: --overwrite refuses them; the
+    same command resumes them (their config is the run's own) and adds the marker."""
+    workdir = str(tmp_path / "run")
+    args = ["main.py", "--workdir", workdir, *TRAIN, "--config.data.source.num_samples=1000", "--noprogress"]
+    assert main_py.main(args) == 0
+    os.remove(os.path.join(workdir, MARKER))
+    os.remove(os.path.join(workdir, "summary.json"))
+    capsys.readouterr()
+    assert main_py.main(args + ["--overwrite"]) == 2
+    check_one_line(2, capsys.readouterr().err, f"has a config.json but no {MARKER}")
+    assert main_py.main(args) == 0
+    assert os.path.exists(os.path.join(workdir, "summary.json")) and os.path.exists(os.path.join(workdir, MARKER))
+
+
+@pytest.mark.parametrize("examples", ["0", "-5"])
+def test_robustness_needs_test_examples(tmp_path, capsys, examples):
+    workdir = str(tmp_path / "lt")
+    assert robustness.main([workdir, "--examples", examples]) == 2
+    check_one_line(2, capsys.readouterr().err, f"must be >= 1, got {examples}")
+    assert not os.path.exists(workdir)

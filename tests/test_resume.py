@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 
 from crash import LOTTERY, REWIND_K, ROOT, assert_same_outputs, killed_at_each, killed_then_resumed, main_py
@@ -75,3 +76,26 @@ def test_ctrl_c_says_where_and_resumes(reference, tmp_path):
     again = main_py(tmp_path, LOTTERY)
     assert again.returncode == 0 and f"resuming level 0 from step {step}" in again.stdout
     assert_same_outputs(ref, tmp_path)
+
+
+def test_ctrl_c_twice_stops_at_once_in_one_line_and_resumes(tmp_path):
+    """The second Ctrl-C comes while the first one's checkpoint is being saved:
+    the run ends at once (exit 130, one line, no thread's traceback) and the
+    same command finishes it."""
+    args = ["--config=configs/train_mnist1d.py", "--config.train.steps=300", "--config.train.eval_every=50",
+            "--config.train.checkpoint_every=300", "--config.data.source.num_samples=1000"]
+    proc = subprocess.Popen([sys.executable, "main.py", "--workdir", str(tmp_path), *args, "--progress"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("train: step 100/"):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    # 130, or killed by the SIGINT itself when it comes at the very end of the interpreter's exit
+    assert proc.returncode in (130, -signal.SIGINT) and len(lines) == 1, err[-3000:]
+    assert re.fullmatch(r"interrupted (at|during) training.*; run the same command to resume", lines[0]), lines
+    again = main_py(tmp_path, args + ["--noprogress"])
+    assert again.returncode == 0, again.stderr[-3000:]

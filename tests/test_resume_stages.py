@@ -3,8 +3,12 @@ inside a stage, resume to the same files (in their own file so that
 pytest-xdist runs them beside the lottery crash tests)."""
 
 import json
+import os
+import shutil
 
+import main as main_py
 from crash import DIET, MEASURES, PRUNE_AT_INIT, UNIT, assert_same_outputs, killed_at_each, killed_then_resumed
+from test_bad_input import check_one_line, snapshot
 
 
 def test_diet_killed_while_scoring_and_inside_a_subset_resumes_identical(reference, tmp_path):
@@ -17,6 +21,31 @@ def test_unit_search_killed_inside_a_sparsity_resumes_identical(reference, tmp_p
     ref = reference("unit_search", UNIT)
     killed_then_resumed(tmp_path, UNIT, "metrics:sparsity/0.5:150")
     assert_same_outputs(ref, tmp_path)
+
+
+def test_unit_search_full_disk_and_stops_in_its_final_writes_resume_identical(reference, tmp_path):
+    """A full disk while the dense stage writes its parents (one line, exit 2),
+    then SIGKILLed while drawing its first plot and Ctrl-C while drawing the
+    second: summary.json, which marks the run finished, is written after every
+    plot, so each time the same command resumes and writes what is missing."""
+    ref = reference("unit_search", UNIT)
+    killed_at_each(tmp_path, UNIT, [("write:parents.npz", "ENOSPC"), "write:unit_search.png",
+                                    ("write:criterion.png", "SIGINT")])
+    assert_same_outputs(ref, tmp_path)
+
+
+def test_a_damaged_stage_result_before_a_resume_is_one_line_and_untouched(reference, tmp_path, capsys):
+    """dense/result.json cut short in an unfinished run: one line, exit 2, nothing changed."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference("unit_search", UNIT), workdir)
+    os.remove(workdir / "summary.json")
+    result = workdir / "dense" / "result.json"
+    result.write_bytes(result.read_bytes()[:40])
+    before = snapshot(str(workdir))
+    capsys.readouterr()
+    rc = main_py.main(["main.py", "--workdir", str(workdir), *UNIT])
+    check_one_line(rc, capsys.readouterr().err, f"{result} is not readable JSON")
+    assert snapshot(str(workdir)) == before
 
 
 def test_prune_at_init_killed_inside_a_density_resumes_identical(reference, tmp_path):

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from crash import DIET, SWEEP, assert_same_outputs, killed_then_resumed, main_py
+from crash import DIET, SWEEP, assert_same_outputs, killed_at_each, main_py
 from lth_jax import experiments, report, sweep
 from lth_jax.errors import LthError
 
@@ -65,6 +65,7 @@ def test_point_config_has_one_value_of_a_stacked_tuple_key():
     ({"diet.fractions": ["0.3"]}, "sweep point 0 (fractions=0.3): cannot set diet.fractions = ('0.3',): its "
                                   "elements must be float"),
     ({"model.widths": [[32.5]]}, "cannot set model.widths = (32.5,): its elements must be int"),
+    ({"experiment": ["foo"]}, "'experiment' cannot be a sweep axis"),
 ])
 def test_bad_sweeps_are_refused_in_one_line(tmp_path, capsys, axes, message):
     workdir = tmp_path / "sweep"
@@ -90,16 +91,32 @@ def test_a_missing_or_broken_sweep_file_is_refused(tmp_path, capsys):
     assert rc == 2 and "--sweep" in capsys.readouterr().err
 
 
-def test_diet_sweep_killed_in_its_second_run_resumes_identical(tmp_path):
-    """16 points in 2 stacked runs (one per scoring length); killed inside the
-    second run's fraction 0.5, the same command skips the first run, resumes the
-    second from its checkpoint and ends with the files of an uninterrupted sweep."""
+@pytest.mark.parametrize("config", ["configs/train_mnist1d.py", "configs/lottery_mnist1d.py"])
+def test_sweep_overwrite_leaves_a_foreign_folder_alone(tmp_path, capsys, config):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"experiment": "train"}')
+    (folder / "weights.bin").write_bytes(b"\x00" * 16)
+    rc = sweep.main(["sweep", f"--config={config}", f"--sweep={write_sweep(tmp_path, {'seed': [1, 2]})}",
+                     f"--workdir={folder}", "--overwrite", "--config.train.steps=5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "has a config.json but no lth_jax_run.json" in err, err
+    assert sorted(os.listdir(folder)) == ["config.json", "weights.bin"]
+
+
+def test_diet_sweep_killed_in_its_runs_resumes_identical(tmp_path):
+    """16 points in 2 stacked runs (one per scoring length); killed while the
+    first run draws its plots (summary.json comes after them), then inside the
+    second run's fraction 0.5: the same command finishes the first run's files,
+    skips it afterwards, resumes the second from its checkpoint and ends with the
+    files of an uninterrupted sweep."""
     args = DIET + [f"--sweep={write_sweep(tmp_path, DIET_AXES)}", "--config.diet.fractions=(0.7,)",
                    "--config.train.steps=100", "--config.train.checkpoint_every=50"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     out = main_py(ref, args, program=SWEEP)
     assert out.returncode == 0, out.stderr[-3000:]
-    last = killed_then_resumed(killed, args, "runs/001/metrics:fractions/0.5:50", program=SWEEP)
+    last = killed_at_each(killed, args, ["runs/000/write:accuracy_vs_kept.png", "runs/001/metrics:fractions/0.5:50"],
+                          program=SWEEP)
     first_run = last.stdout.split("sweep run 2 of 2")[0]
     assert first_run.startswith("sweep run 1 of 2 (score_epochs=0, fractions=0.3,0.5") and "): done" in first_run
     assert_same_outputs(ref, killed)

@@ -259,8 +259,7 @@ class Diet:
                     stage.close()
             results = [read_json(self.fraction_stage(f).file("result.json")) for f in self.fractions()]
             summary = diet_report.summarize(results, table, self.flipped, self.d, time.time() - t0)
-            self.rundir.write_summary(summary)
-            diet_report.draw(self.rundir, summary, table, self.flipped)
+            self.rundir.finish(summary, lambda: diet_report.draw(self.rundir, summary, table, self.flipped))
             diet_report.print_summary(summary)
             figures.print_outputs(self.rundir.path, ["summary.json", "scores/scores.npz", "fractions/F/result.json",
                                                     "plots/"])

@@ -268,8 +268,7 @@ class Lottery:
                 self.rundir.path, tuple(lt.robustness_severities), list(lt.robustness_corruptions) or None,
                 lt.robustness_examples, finished=False))
         summary = lottery_report.summarize(self.rundir, self.lt.levels, time.time() - t0)
-        self.rundir.write_summary(summary)
-        lottery_report.draw(self.rundir, summary)
+        self.rundir.finish(summary, lambda: lottery_report.draw(self.rundir, summary))
         lottery_report.print_summary(summary)
         figures.print_outputs(self.rundir.path, ["summary.json", "levels/L/result.json", "plots/lottery.png"])
         return summary

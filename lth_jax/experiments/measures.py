@@ -58,8 +58,8 @@ import numpy as np
 import optax
 
 from lth_jax import masks as masks_lib
-from lth_jax import ensemble, figures, measures, npz, pruning, subsets, units
-from lth_jax.errors import check
+from lth_jax import ensemble, figures, measures, models, npz, pruning, subsets, units
+from lth_jax.errors import check, unknown
 from lth_jax.experiments import common, measures_report
 from lth_jax.experiments.diet import load_scores, parse_selection
 from lth_jax.files import read_json
@@ -77,6 +77,9 @@ def check_config(cfg) -> None:
     check(cfg.optimizer.name in OPTIMIZERS, f"the measures experiment trains with one of {', '.join(OPTIMIZERS)} "
                                             f"(per-member learning rate and weight decay); got {cfg.optimizer.name!r}")
     check(not (m.widths and m.models), "give measures.widths (MLP hidden widths) or measures.models, not both")
+    for name in m.models:  # checked here, before the workdir is made
+        if name not in models.names():
+            raise unknown("model", name, models.names())
     if m.widths:
         check(cfg.model.name == "mlp", f"measures.widths sets the hidden widths of model 'mlp'; the config's "
                                        f"model is {cfg.model.name!r}: use measures.models for other models")
@@ -351,8 +354,7 @@ class Measures:
             results = [r for a, fraction, noise in self.groups() for r in self.group(a, fraction, noise)]
             summary = measures_report.summarize(results, [f"{n}{o.get('widths', '')}" for n, o in self.archs],
                                                 time.time() - t0)
-            self.rundir.write_summary(summary)
-            measures_report.draw(self.rundir, summary, results)
+            self.rundir.finish(summary, lambda: measures_report.draw(self.rundir, summary, results))
             measures_report.print_summary(summary)
             figures.print_outputs(self.rundir.path, ["summary.json", "groups/G/result.json", "plots/measures.png"])
             return summary

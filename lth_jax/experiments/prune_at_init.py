@@ -200,8 +200,7 @@ class PruneAtInit:
             results = [self.density(d) for d in sorted(self.p.densities, reverse=True)]
             summary = prune_at_init_report.summarize(results, self.p.methods, self.p.controls, self.lottery,
                                                      time.time() - t0)
-            self.rundir.write_summary(summary)
-            prune_at_init_report.draw(self.rundir, summary)
+            self.rundir.finish(summary, lambda: prune_at_init_report.draw(self.rundir, summary))
             prune_at_init_report.print_summary(summary)
             figures.print_outputs(self.rundir.path, ["summary.json", "density/D/result.json",
                                                     "plots/prune_at_init.png"])

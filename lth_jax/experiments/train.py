@@ -1,7 +1,7 @@
 """experiment = "train": one network, dense or with a mask loaded from a file.
 
 One stage, the workdir itself: `checkpoints/` (kept: the trained network),
-`metrics.jsonl`, `done`, then `summary.json` and `plots/curves.png`.
+`metrics.jsonl`, `done`, then `plots/curves.png` and `summary.json` (last).
 """
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from lth_jax.experiments import common
 from lth_jax.trainer import early_stop
 from lth_jax.stages import Stage
 from lth_jax.workdir import RunDir
+
+
+def check_config(cfg) -> None:
+    """What the sweep checks at every point before it starts (`run` checks it in common.build)."""
+    common.check_train(cfg)
 
 
 def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
@@ -35,8 +40,8 @@ def run(cfg, workdir: str, overwrite: bool = False, progress=True) -> dict:
         seconds = time.time() - start_time
         records = stage.records
         summary = summarize(records, state.mask, cfg, seconds, int(state.step) - start_step)
-        figures.plot_curves(records, rundir.file("plots", "curves.png"), title=f"{cfg.model.name} on {cfg.data.name}")
-        rundir.write_summary(summary)
+        rundir.finish(summary, lambda: figures.plot_curves(records, rundir.file("plots", "curves.png"),
+                                                           title=f"{cfg.model.name} on {cfg.data.name}"))
         figures.print_table([summary["final"]], title=f"{cfg.model.name} on {cfg.data.name}")
         figures.print_outputs(rundir.path, ["summary.json", "metrics.jsonl", "plots/curves.png"])
         return summary

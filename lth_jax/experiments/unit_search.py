@@ -78,15 +78,22 @@ def unit_counts(widths: dict, sparsity: float) -> dict:
     return {g: max(1, int(np.floor((1 - sparsity) * w + 0.5))) for g, w in widths.items()}
 
 
+def check_min_units(widths: dict, sparsity: float, min_units: int) -> dict:
+    """{group: units it keeps at least} with scope global; LthError when they outnumber the units kept."""
+    total = sum(unit_counts(widths, sparsity).values())
+    floors = {g: min(min_units, w) for g, w in widths.items()}
+    check(sum(floors.values()) <= total, f"unit_search.min_units = {min_units} per layer is more than the "
+                                         f"{total} units kept at sparsity {sparsity}")
+    return floors
+
+
 def sample_unit_masks(rng, widths: dict, sparsity: float, scope: str, min_units: int) -> dict:
     """{group: bool vector} keeping a uniformly random set of units."""
     if scope == "layerwise":
         counts = unit_counts(widths, sparsity)
     else:
         total = sum(unit_counts(widths, sparsity).values())
-        floors = {g: min(min_units, w) for g, w in widths.items()}
-        check(sum(floors.values()) <= total, f"unit_search.min_units = {min_units} per layer is more than the "
-                                             f"{total} units kept at sparsity {sparsity}")
+        floors = check_min_units(widths, sparsity, min_units)
         groups = list(widths)
         while True:  # uniform over all units, resampled until every layer keeps its floor
             owner = np.repeat(np.arange(len(groups)), [widths[g] for g in groups])
@@ -123,6 +130,8 @@ class UnitSearch:
         check(hidden, "unit_search: the model has no hidden layers (no layer's outputs feed another layer)")
         self.widths = {g: self.flow.width[g[0]] for g in hidden}
         self.replicates = list(range(self.u.seeds))
+        for s in self.u.sparsities if self.u.scope == "global" else ():  # before the workdir is made
+            check_min_units(self.widths, s, self.u.min_units)
 
     def init(self, r):
         return init_variables(self.parts.model, jax.random.fold_in(self.keys["init"], r),
@@ -213,8 +222,7 @@ class UnitSearch:
             dense = read_json(self.rundir.file("dense", "result.json"))
             results = [self.sparsity(s, parents) for s in sorted(self.u.sparsities)]
             summary = unit_search_report.summarize(dense, results, self.widths, time.time() - t0)
-            self.rundir.write_summary(summary)
-            unit_search_report.draw(self.rundir, summary, results)
+            self.rundir.finish(summary, lambda: unit_search_report.draw(self.rundir, summary, results))
             unit_search_report.print_summary(summary)
             figures.print_outputs(self.rundir.path, ["summary.json", "sparsity/S/result.json",
                                                     "plots/unit_search.png", "plots/criterion.png"])
