@@ -53,7 +53,8 @@ def launch(workdir, args, processes: int, devices: int, kill_at=None, kill_proce
 
 
 SKIPPED = {"checkpoints", "tensorboard", "damaged"}
-WALL = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds", "seconds"}
+# provenance: the command names the workdir and the coordinator, the date is the finishing moment's
+WALL = {"wall_seconds", "examples_per_second", "train_seconds", "measure_seconds", "seconds", "provenance"}
 
 
 def files_of(workdir) -> list:
